@@ -1,0 +1,233 @@
+"""BERT-style WordPiece tokenizer (Hugging Face `tokenizers`) and vocab training.
+
+`WordPieceTokenizer.from_vocab(path)` loads a BERT `vocab.txt` (one token per
+line, id = line number) and reproduces the ids of BERT's reference tokenizer
+(google-research/bert `FullTokenizer`, transformers' `BertTokenizer`): BERT
+normalizer (clean text, CJK characters split, lower-casing, accent stripping),
+BERT pre-tokenizer (whitespace and punctuation) and greedy longest-match-first
+WordPiece with `##` continuations and words over 100 characters mapped to
+[UNK]. Like ELECTRA's `FullTokenizer` (and unlike transformers, which keeps
+"[MASK]" typed in the text as one token), special tokens that appear in raw
+text are tokenized as ordinary text.
+
+Command line (train a vocab from text files):
+  python -m electra_jax.data.tokenizer train --input 'corpus/*.txt' \
+      --vocab_size 8192 --output vocab.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+# The five special tokens every vocab must have; `train_wordpiece` gives them ids 0..4.
+SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
+MAX_INPUT_CHARS_PER_WORD = 100  # BERT's WordpieceTokenizer default.
+
+
+def _bert_normalizer(lowercase: bool) -> normalizers.Normalizer:
+  # strip_accents follows lowercase, as in BERT's BasicTokenizer (uncased vocab => no accents).
+  return normalizers.BertNormalizer(
+      clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase)
+
+
+def read_vocab(path: str | os.PathLike) -> list[str]:
+  """Returns the tokens of a BERT vocab.txt in id order (line i -> id i)."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'vocab file not found: {path}')
+  with open(path, encoding='utf-8') as f:
+    # BERT's load_vocab strips each line; an empty line would still take an id.
+    tokens = [line.rstrip('\n').strip() for line in f]
+  if tokens and tokens[-1] == '' and len(tokens) > 1:
+    tokens = tokens[:-1]  # tolerate a trailing blank line
+  if not tokens:
+    raise ValueError(f'vocab file {path} is empty; expected one token per line')
+  return tokens
+
+
+def vocab_hash(tokens: Sequence[str]) -> str:
+  """Short hex sha256 of the vocab tokens in id order (identifies a vocab across files)."""
+  return hashlib.sha256('\n'.join(tokens).encode('utf-8')).hexdigest()[:16]
+
+
+class WordPieceTokenizer:
+  """A BERT WordPiece tokenizer over a fixed vocab.
+
+  Attributes: vocab_size, pad_id, unk_id, cls_id, sep_id, mask_id (ints),
+  vocab_hash (16 hex chars), tokens (list[str], id order), lowercase.
+  """
+
+  def __init__(self, tokens: Sequence[str], lowercase: bool = True, name: str = '<memory>'):
+    self.tokens = list(tokens)
+    self.lowercase = lowercase
+    self.name = str(name)
+    vocab: dict[str, int] = {}
+    for i, tok in enumerate(self.tokens):
+      vocab.setdefault(tok, i)  # BERT's load_vocab keeps the last id; duplicates are a broken vocab anyway
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+      raise ValueError(f'vocab {self.name} lacks special tokens {missing}; '
+                       f'a BERT vocab needs all of {list(SPECIAL_TOKENS)}')
+    self.vocab = vocab
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token='[UNK]',
+                                     max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+    tok.normalizer = _bert_normalizer(lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    self._tok = tok
+    self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+        vocab[t] for t in SPECIAL_TOKENS)
+    self.vocab_size = len(self.tokens)
+    self.vocab_hash = vocab_hash(self.tokens)
+
+  @classmethod
+  def from_vocab(cls, path: str | os.PathLike, lowercase: bool = True) -> 'WordPieceTokenizer':
+    """Loads a BERT vocab.txt; raises ValueError naming the file if a special token is missing."""
+    return cls(read_vocab(path), lowercase=lowercase, name=str(path))
+
+  @property
+  def hf_tokenizer(self) -> Tokenizer:
+    """The underlying `tokenizers.Tokenizer` (no post-processor: no specials are added)."""
+    return self._tok
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, without [CLS]/[SEP]."""
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text (multi-threaded in Rust), without special tokens."""
+    if not texts:
+      return []
+    encs = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
+    return [e.ids for e in encs]
+
+  def tokenize(self, text: str) -> list[str]:
+    """WordPiece strings of `text` (for debugging and tests)."""
+    return self._tok.encode(text, add_special_tokens=False).tokens
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Joins word pieces back into text (`##` continuations glued); specials kept."""
+    out = []
+    for i in ids:
+      t = self.tokens[int(i)]
+      if t.startswith('##') and out:
+        out[-1] += t[2:]
+      else:
+        out.append(t)
+    return ' '.join(out)
+
+  def ids_to_array(self, ids: Sequence[int]) -> np.ndarray:
+    return np.asarray(ids, dtype=np.int32)
+
+
+def _iter_lines(files: Sequence[str]) -> Iterable[str]:
+  for path in files:
+    with open(path, encoding='utf-8', errors='replace') as f:
+      for line in f:
+        line = line.strip()
+        if line:
+          yield line
+
+
+def expand_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+  """Expands globs / directories / files into a sorted list of files.
+
+  Raises FileNotFoundError naming the pattern when it matches nothing.
+  """
+  specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+  files: list[str] = []
+  for s in specs:
+    s = os.fspath(s)
+    if os.path.isdir(s):
+      found = sorted(str(p) for p in Path(s).rglob('*') if p.is_file() and not p.name.startswith('.'))
+      if not found:
+        raise FileNotFoundError(f'input directory {s} contains no files')
+      files += found
+    elif os.path.isfile(s):
+      files.append(s)
+    else:
+      found = sorted(p for p in glob.glob(s, recursive=True) if os.path.isfile(p))
+      if not found:
+        raise FileNotFoundError(f'input path {s} does not exist or matches no file')
+      files += found
+  return files
+
+
+def train_wordpiece(files_or_iterator: str | Sequence[str] | Iterable[str], vocab_size: int,
+                    out_path: str | os.PathLike, lowercase: bool = True,
+                    min_frequency: int = 2) -> Path:
+  """Trains a WordPiece vocab and writes it as vocab.txt (one token per line).
+
+  `files_or_iterator`: a glob/dir/file path or a list/tuple of them; any other iterable
+  (a generator, `iter(list_of_lines)`) is read as text lines.
+  The first five tokens are [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0..4). The result is
+  deterministic for the same input (ties in the merge order are broken by the trainer
+  deterministically; checked by tests). Returns the output path.
+  """
+  if vocab_size < len(SPECIAL_TOKENS) + 1:
+    raise ValueError(f'vocab_size={vocab_size} is too small; expected > {len(SPECIAL_TOKENS)}')
+  if isinstance(files_or_iterator, (str, os.PathLike, list, tuple)):
+    files = expand_inputs(files_or_iterator)
+    lines = lambda: _iter_lines(files)  # noqa: E731  (read twice: alphabet pass, training pass)
+  else:
+    cached = [line for line in (str(x).strip() for x in files_or_iterator) if line]
+    lines = lambda: iter(cached)  # noqa: E731
+  tok = Tokenizer(models.WordPiece(unk_token='[UNK]',
+                                   max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
+  tok.normalizer = _bert_normalizer(lowercase)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  # Determinism: the trainer gives '##c' pieces ids in the iteration order of a Rust HashMap
+  # (random per process), and ties between equally frequent merges are broken by those ids, so
+  # two runs on the same corpus give different vocabs. Registering every '##c' up front (as
+  # trainer "special" tokens, sorted) fixes their ids, which makes the whole run deterministic.
+  continuations = set()
+  norm, pre = tok.normalizer, tok.pre_tokenizer
+  for line in lines():
+    for word, _ in pre.pre_tokenize_str(norm.normalize_str(line)):
+      continuations.update(word[1:])
+  initial = list(SPECIAL_TOKENS) + ['##' + c for c in sorted(continuations)]
+  trainer = trainers.WordPieceTrainer(
+      vocab_size=max(vocab_size, len(initial)), min_frequency=min_frequency, special_tokens=initial,
+      continuing_subword_prefix='##', show_progress=False)
+  tok.train_from_iterator(lines(), trainer=trainer)
+  vocab = tok.get_vocab()
+  tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+  if not tokens or tokens[:len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS) or len(tokens) <= len(SPECIAL_TOKENS):
+    raise ValueError(f'training a vocab on {files_or_iterator!r} gave no tokens; is the corpus empty?')
+  out_path = Path(out_path)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out_path.with_name(out_path.name + f'.tmp{os.getpid()}')
+  tmp.write_text(''.join(t + '\n' for t in tokens), encoding='utf-8')
+  os.replace(tmp, out_path)  # atomic: a reader never sees a half-written vocab
+  return out_path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description='WordPiece vocab tools.')
+  sub = parser.add_subparsers(dest='cmd', required=True)
+  tr = sub.add_parser('train', help='train a WordPiece vocab.txt from text files')
+  tr.add_argument('--input', required=True, nargs='+', help='files, globs or directories')
+  tr.add_argument('--vocab_size', type=int, required=True)
+  tr.add_argument('--output', required=True, help='path of the vocab.txt to write')
+  tr.add_argument('--no_lowercase', action='store_true', help='cased vocab (no lower-casing/accent stripping)')
+  tr.add_argument('--min_frequency', type=int, default=2)
+  args = parser.parse_args(argv)
+  try:
+    files = expand_inputs(args.input)
+    out = train_wordpiece(files, args.vocab_size, args.output, lowercase=not args.no_lowercase,
+                          min_frequency=args.min_frequency)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f'error: {e}')
+  n = len(read_vocab(out))
+  print(f'wrote {out}: {n} tokens (hash {vocab_hash(read_vocab(out))}) from {len(files)} file(s)')
+
+
+if __name__ == '__main__':
+  main()
