@@ -1,0 +1,154 @@
+r"""ELECTRA pre-training: one config, sizes tiny / small / base / large.
+
+Quickstart (2-core CPU, about 10 minutes, offline data that ships with Python):
+  python -m electra_jax.main --config=configs/pretrain.py:tiny --workdir=runs/tiny
+
+ELECTRA-Small as in the paper (1M steps, batch 128 x 128; 4 days on one V100,
+GLUE dev ~79.9 after fine-tuning), on your own text and the BERT vocab:
+  python -m electra_jax.main --config=configs/pretrain.py:size=small,vocab=bert \
+    --config.data.vocab=/path/to/bert-base-uncased-vocab.txt \
+    --config.data.source='/path/to/corpus/*.txt' --workdir=runs/small
+
+Base (766k steps, batch 256 x 512) and Large (400k steps, batch 2048 x 512)
+are sized for TPU pods / multi-GPU; see README "Scale out". Add
+`,runlocal=True` to any size for a CPU smoke run of the same code path.
+
+Arguments (`configs/pretrain.py:k=v,k=v`):
+  size      tiny | small | base | large          (a bare word sets it)
+  vocab     builtin (8192-token WordPiece trained on the offline corpus) | bert
+            (BERT uncased, 30522 tokens; set --config.data.vocab to its path)
+  objective electra (default) or a variant from electra_jax/objectives.py
+  runlocal  shrink batch, length and steps for a smoke run
+"""
+
+from electra_jax import configlib
+import ml_collections
+
+# Special-token ids of the two vocabularies we ship configs for.
+VOCABS = {
+    'builtin': dict(vocab_size=8192, pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4),
+    'bert': dict(vocab_size=30522, pad_id=0, unk_id=100, cls_id=101, sep_id=102, mask_id=103),
+}
+
+
+def get_config(arg=None):
+  arg = configlib.parse_arg(arg, lazy_field='size', size='tiny', vocab='', objective='electra',
+                            runlocal=False)
+  size = configlib.size_table(arg.size)
+  vocab = arg.vocab or ('builtin' if arg.size == 'tiny' else 'bert')
+  if vocab not in VOCABS:
+    raise ValueError(f'unknown vocab {vocab!r}; expected one of {sorted(VOCABS)}')
+  tokens = VOCABS[vocab]
+
+  # Lazy references: max_predictions_per_seq follows seq_len and mask_prob when
+  # either is overridden on the command line (official formula).
+  seq_len = ml_collections.FieldReference(size['seq_len'])
+  mask_prob = ml_collections.FieldReference(size['mask_prob'])
+
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.size = arg.size
+
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=tokens['vocab_size'],
+      embedding_size=size['embedding_size'],
+      hidden_size=size['hidden_size'],
+      num_layers=size['num_layers'],
+      num_heads=size['num_heads'],
+      intermediate_size=size['intermediate_size'],
+      max_position_embeddings=512,
+      type_vocab_size=2,
+      dropout_rate=0.1,
+      attention_dropout_rate=0.1,
+      layer_norm_eps=1e-12,
+      initializer_range=0.02,
+      # Generator hidden size = round(fraction * hidden_size); its FFN is 4x
+      # that and its heads max(1, hidden // 64), as in the official code.
+      generator_fraction=size['generator_fraction'],
+      # none | embeddings (official default) | all (generator = discriminator) | gdes
+      sharing='embeddings',
+      dtype='float32',  # compute dtype; params stay float32
+      # einsum (explicit softmax, attention dropout) | xla | cudnn: the last two
+      # call jax.nn.dot_product_attention, which has no attention dropout.
+      attention_impl='einsum',
+      remat=False,  # rematerialise each layer in the backward pass
+      # masked: the generator's LM head only at the masked positions (official);
+      # full: at every position (for benchmarks / the All-Tokens MLM ablation).
+      generator_head='masked',
+  ))
+
+  c.tokens = ml_collections.ConfigDict(
+      {k: v for k, v in tokens.items() if k != 'vocab_size'})
+
+  c.objective = ml_collections.ConfigDict(dict(
+      name=arg.objective,
+      mask_prob=mask_prob,
+      # int((mask_prob + 0.005) * seq_len): 19 at 128 / 0.15, 79 at 512 / 0.15.
+      max_predictions_per_seq=((mask_prob + 0.005) * seq_len).to_int(),
+      # Of the chosen positions: this share becomes [MASK], `random_token_prob`
+      # a random token, the rest keep the original. Official ELECTRA: 0.85 / 0.
+      # BERT's 80/10/10: 0.8 / 0.1.
+      mask_token_prob=0.85,
+      random_token_prob=0.0,
+      temperature=1.0,
+      disallow_correct=False,
+      gen_weight=1.0,
+      disc_weight=50.0,
+  ))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=size['learning_rate'],
+      warmup_steps=size['warmup_steps'],
+      decay_power=1.0,  # polynomial decay to 0 over num_steps; 1 = linear
+      weight_decay=0.01,  # not on LayerNorm or biases
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      bias_correction=False,  # the official AdamWeightDecay has none
+      clip_norm=1.0,
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=size['batch_size'],  # global, over all hosts
+      seq_len=seq_len,
+      num_steps=size['num_steps'],
+      log_every=100,
+      eval_every=5000,
+      eval_batches=20,
+      eval_batch_size=size['batch_size'],
+      checkpoint_every=1000,
+      keep_checkpoints=3,
+      nan_policy='stop',  # stop | skip (skip the update, keep going)
+  ))
+
+  # Device mesh: batch is split over data x fsdp; fsdp > 1 also shards the
+  # parameters and optimizer state (FSDP). -1 takes the remaining devices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+
+  c.data = ml_collections.ConfigDict(dict(
+      # builtin:python-docs | file glob or directory | tfds:NAME[/CONFIG]:FEATURE
+      source='builtin:python-docs' if vocab == 'builtin' else '',
+      vocab='builtin' if vocab == 'builtin' else '',  # path to vocab.txt, or builtin
+      lowercase=True,
+      eval_fraction=0.01,
+      num_shards=8,
+      num_workers=2,
+      tfds_data_dir='',
+  ))
+
+  if arg.size == 'tiny':
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    c.train.eval_batches = 8
+  if arg.runlocal:
+    c.train.batch_size = 8
+    c.train.eval_batch_size = 8
+    c.train.seq_len = 64
+    c.train.num_steps = 20
+    c.train.log_every = 5
+    c.train.eval_every = 10
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 10
+    c.optimizer.warmup_steps = 5
+  return c

@@ -1,0 +1,212 @@
+"""Masking, sampling and the ELECTRA loss, all pure functions run inside the jitted step.
+
+Everything follows google-research/electra (pretrain_helpers.py,
+run_pretraining.py) as summarised in ELECTRA_REFERENCE.md; constants come from
+`config.objective` and `config.tokens`. Variants of the objective (the paper's
+ablations) are further named functions registered in `OBJECTIVES`, with the
+same signature as `electra_loss`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+  """Typed view of `config.objective` plus the special-token ids."""
+  mask_prob: float
+  max_predictions_per_seq: int
+  mask_token_prob: float
+  random_token_prob: float
+  temperature: float
+  disallow_correct: bool
+  gen_weight: float
+  disc_weight: float
+  vocab_size: int
+  pad_id: int
+  cls_id: int
+  sep_id: int
+  mask_id: int
+  name: str = 'electra'
+
+  @classmethod
+  def from_config(cls, config) -> 'ObjectiveConfig':
+    o, t = config.objective, config.tokens
+    if not 0.0 < o.mask_prob < 1.0:
+      raise ValueError(f'objective.mask_prob={o.mask_prob}; expected a value in (0, 1)')
+    if o.mask_token_prob + o.random_token_prob > 1.0:
+      raise ValueError(f'objective.mask_token_prob + random_token_prob = '
+                       f'{o.mask_token_prob + o.random_token_prob}; expected <= 1')
+    if o.max_predictions_per_seq < 1 or o.max_predictions_per_seq > config.train.seq_len:
+      raise ValueError(f'objective.max_predictions_per_seq={o.max_predictions_per_seq}; expected '
+                       f'1..train.seq_len ({config.train.seq_len}); the official value is '
+                       f'int((mask_prob + 0.005) * seq_len)')
+    if o.name not in OBJECTIVES:
+      raise ValueError(f'objective.name={o.name!r}; expected one of {sorted(OBJECTIVES)}')
+    return cls(mask_prob=o.mask_prob, max_predictions_per_seq=o.max_predictions_per_seq,
+               mask_token_prob=o.mask_token_prob, random_token_prob=o.random_token_prob,
+               temperature=o.temperature, disallow_correct=o.disallow_correct,
+               gen_weight=o.gen_weight, disc_weight=o.disc_weight,
+               vocab_size=config.model.vocab_size, pad_id=t.pad_id, cls_id=t.cls_id,
+               sep_id=t.sep_id, mask_id=t.mask_id, name=o.name)
+
+
+class Masked(NamedTuple):
+  """Result of `mask_inputs`; M = max_predictions_per_seq."""
+  input_ids: jax.Array     # [B, L] with [MASK] (or random / kept tokens) at the chosen positions
+  positions: jax.Array     # [B, M] int32; unused slots point at 0 with weight 0
+  weights: jax.Array       # [B, M] float32, 1 for a real prediction slot
+  targets: jax.Array       # [B, M] int32 original tokens at `positions`
+
+
+def candidate_mask(input_ids, input_mask, cfg: ObjectiveConfig):
+  """[B, L] bool: positions that may be masked (not [CLS], [SEP], [MASK] or padding)."""
+  return (input_mask.astype(bool) & (input_ids != cfg.cls_id) & (input_ids != cfg.sep_id)
+          & (input_ids != cfg.mask_id) & (input_ids != cfg.pad_id))
+
+
+def scatter_positions(ids_BxL, positions_BxM, values_BxM, weights_BxM):
+  """ids with ids[b, positions[b, m]] = values[b, m] wherever weights[b, m] > 0."""
+  B, L = ids_BxL.shape
+  # Slots without a prediction are sent out of bounds and dropped.
+  pos = jnp.where(weights_BxM > 0, positions_BxM, L)
+  rows = jnp.broadcast_to(jnp.arange(B)[:, None], pos.shape)
+  return ids_BxL.at[rows, pos].set(values_BxM.astype(ids_BxL.dtype), mode='drop')
+
+
+def mask_inputs(rng, input_ids, input_mask, cfg: ObjectiveConfig) -> Masked:
+  """Dynamic masking, as the official `pretrain_helpers.mask`.
+
+  num_to_predict = max(1, min(M, round(num_tokens * mask_prob))) where
+  num_tokens counts all real tokens ([CLS]/[SEP] too). Positions are drawn
+  uniformly without replacement among the candidates (Gumbel top-k; the
+  official code samples with replacement, so duplicates make it mask slightly
+  fewer). Of those, `mask_token_prob` become [MASK], `random_token_prob` a
+  uniform random token, and the rest keep the original token.
+  """
+  B, L = input_ids.shape
+  M = min(cfg.max_predictions_per_seq, L)
+  k_pos, k_kind, k_rand = jax.random.split(rng, 3)
+  cand_BxL = candidate_mask(input_ids, input_mask, cfg)
+  num_tokens_B = jnp.sum(input_mask, axis=-1).astype(jnp.float32)
+  num_to_predict_B = jnp.maximum(1, jnp.minimum(M, jnp.round(num_tokens_B * cfg.mask_prob)))
+  num_to_predict_B = jnp.minimum(num_to_predict_B, jnp.sum(cand_BxL, -1))  # short sequences
+  scores_BxL = jnp.where(cand_BxL, jax.random.uniform(k_pos, (B, L)), -1.0)
+  top_scores_BxM, positions_BxM = jax.lax.top_k(scores_BxL, M)
+  weights_BxM = ((jnp.arange(M)[None, :] < num_to_predict_B[:, None])
+                 & (top_scores_BxM >= 0)).astype(jnp.float32)
+  positions_BxM = jnp.where(weights_BxM > 0, positions_BxM, 0).astype(jnp.int32)
+  targets_BxM = jnp.take_along_axis(input_ids, positions_BxM, axis=1)
+
+  u_BxM = jax.random.uniform(k_kind, (B, M))
+  random_ids_BxM = jax.random.randint(k_rand, (B, M), 0, cfg.vocab_size, dtype=input_ids.dtype)
+  new_BxM = jnp.where(u_BxM < cfg.mask_token_prob, cfg.mask_id,
+                      jnp.where(u_BxM < cfg.mask_token_prob + cfg.random_token_prob,
+                                random_ids_BxM, targets_BxM))
+  masked_ids = scatter_positions(input_ids, positions_BxM, new_BxM, weights_BxM)
+  return Masked(masked_ids, positions_BxM, weights_BxM, targets_BxM.astype(jnp.int32))
+
+
+def sample_tokens(rng, logits_BxMxV, targets_BxM, temperature: float, disallow_correct: bool):
+  """Gumbel-max sample from softmax(logits / temperature), under stop-gradient.
+
+  With `disallow_correct` the original token can never be drawn.
+  """
+  logits = jax.lax.stop_gradient(logits_BxMxV).astype(jnp.float32) / temperature
+  if disallow_correct:
+    is_target = jax.nn.one_hot(targets_BxM, logits.shape[-1], dtype=bool)
+    logits = jnp.where(is_target, -jnp.inf, logits)
+  gumbel = jax.random.gumbel(rng, logits.shape, jnp.float32)
+  return jnp.argmax(logits + gumbel, axis=-1).astype(jnp.int32)
+
+
+def weighted_mean(x, w):
+  return jnp.sum(x * w) / (jnp.sum(w) + 1e-6)
+
+
+def mlm_loss_and_accuracy(logits_BxMxV, targets_BxM, weights_BxM):
+  """Cross-entropy averaged over the real prediction slots, and accuracy."""
+  logp = jax.nn.log_softmax(logits_BxMxV.astype(jnp.float32), axis=-1)
+  nll_BxM = -jnp.take_along_axis(logp, targets_BxM[..., None], axis=-1)[..., 0]
+  acc_BxM = (jnp.argmax(logits_BxMxV, -1) == targets_BxM).astype(jnp.float32)
+  return weighted_mean(nll_BxM, weights_BxM), weighted_mean(acc_BxM, weights_BxM)
+
+
+def disc_loss_and_metrics(logits_BxL, labels_BxL, weights_BxL):
+  """Sigmoid cross-entropy averaged over `weights` (non-pad tokens) and RTD metrics."""
+  labels = labels_BxL.astype(jnp.float32)
+  w = weights_BxL.astype(jnp.float32)
+  # log(1 + exp(-|x|)) form: stable for any logit.
+  bce = jnp.maximum(logits_BxL, 0) - logits_BxL * labels + jnp.log1p(jnp.exp(-jnp.abs(logits_BxL)))
+  pred = (logits_BxL > 0).astype(jnp.float32)
+  tp = jnp.sum(pred * labels * w)
+  metrics = {
+      'disc_accuracy': weighted_mean((pred == labels).astype(jnp.float32), w),
+      'disc_precision': tp / (jnp.sum(pred * w) + 1e-6),
+      'disc_recall': tp / (jnp.sum(labels * w) + 1e-6),
+      'replaced_fraction': weighted_mean(labels, w),
+  }
+  return weighted_mean(bce, w), metrics
+
+
+class Batch(NamedTuple):
+  input_ids: jax.Array    # [B, L] int32
+  input_mask: jax.Array   # [B, L] int32, 1 = real token
+  segment_ids: jax.Array  # [B, L] int32
+
+
+def as_batch(batch: dict) -> Batch:
+  return Batch(batch['input_ids'], batch['input_mask'], batch['segment_ids'])
+
+
+def electra_loss(params, batch: dict, rng, *, model, cfg: ObjectiveConfig, deterministic=False):
+  """Replaced-token detection: L = gen_weight * MLM + disc_weight * BCE.
+
+  Returns (loss, (metrics, aux)) where aux holds per-token outputs used by
+  evaluation (discriminator probabilities, labels, weights).
+  """
+  b = as_batch(batch)
+  k_mask, k_sample, k_gen_drop, k_disc_drop = jax.random.split(rng, 4)
+  masked = mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
+
+  positions = None if model.cfg.generator_head == 'full' else masked.positions
+  gen_logits = model.apply({'params': params}, masked.input_ids, b.input_mask, b.segment_ids,
+                           positions, deterministic, method=model.generator_logits,
+                           rngs={'dropout': k_gen_drop})
+  if positions is None:  # full head: keep the masked slots only for the loss
+    gen_logits = jnp.take_along_axis(gen_logits, masked.positions[..., None], axis=1)
+  mlm_loss, mlm_acc = mlm_loss_and_accuracy(gen_logits, masked.targets, masked.weights)
+
+  sampled_BxM = sample_tokens(k_sample, gen_logits, masked.targets, cfg.temperature,
+                              cfg.disallow_correct)
+  fake_ids = scatter_positions(masked.input_ids, masked.positions, sampled_BxM, masked.weights)
+  # A correctly generated token counts as real: label 1 only where it differs.
+  labels_BxL = (fake_ids != b.input_ids).astype(jnp.int32)
+  disc_logits = model.apply({'params': params}, fake_ids, b.input_mask, b.segment_ids,
+                            deterministic, method=model.discriminator_logits,
+                            rngs={'dropout': k_disc_drop})
+  disc_loss, disc_metrics = disc_loss_and_metrics(disc_logits, labels_BxL, b.input_mask)
+
+  loss = cfg.gen_weight * mlm_loss + cfg.disc_weight * disc_loss
+  metrics = {'loss': loss, 'gen_loss': mlm_loss, 'gen_accuracy': mlm_acc,
+             'disc_loss': disc_loss, **disc_metrics}
+  aux = {'disc_probs': jax.nn.sigmoid(disc_logits), 'disc_labels': labels_BxL,
+         'disc_weights': b.input_mask}
+  return loss, (metrics, aux)
+
+
+ObjectiveFn = Callable[..., tuple]
+OBJECTIVES: dict[str, ObjectiveFn] = {
+    'electra': electra_loss,
+}
+
+
+def get_objective(name: str) -> ObjectiveFn:
+  if name not in OBJECTIVES:
+    raise ValueError(f'unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}')
+  return OBJECTIVES[name]
