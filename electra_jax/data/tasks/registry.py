@@ -19,7 +19,7 @@ See glue.py / squad.py / chunking.py for the shapes of `predictions` per kind.
 
 from __future__ import annotations
 
-from electra_jax.data.tasks import chunking, glue, squad
+from electra_jax.data.tasks import glue
 
 _ALIASES = {'sst': 'sst2', 'sts': 'stsb', 'squadv1': 'squad1', 'squad11': 'squad1',
             'squadv11': 'squad1', 'squadv2': 'squad2', 'squad20': 'squad2',
@@ -42,10 +42,11 @@ def get_task(name: str):
   key = _normalise(name)
   if key in glue.GLUE_TASKS:
     return glue.GLUE_TASKS[key]
-  if key == 'squad1':
-    return squad.SquadTask(version=1)
-  if key == 'squad2':
-    return squad.SquadTask(version=2)
+  # SQuAD and chunking import lazily so GLUE users never pay for them.
+  if key in ('squad1', 'squad2'):
+    from electra_jax.data.tasks import squad
+    return squad.SquadTask(version=int(key[-1]))
   if key == 'chunk':
+    from electra_jax.data.tasks import chunking
     return chunking.ChunkingTask()
   raise ValueError(f'unknown task {name!r}, expected one of {task_names()}')
