@@ -10,7 +10,7 @@ same signature as `electra_loss`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +46,8 @@ class ObjectiveConfig:
       raise ValueError(f'objective.max_predictions_per_seq={o.max_predictions_per_seq}; expected '
                        f'1..train.seq_len ({config.train.seq_len}); the official value is '
                        f'int((mask_prob + 0.005) * seq_len)')
-    if o.name not in OBJECTIVES:
-      raise ValueError(f'objective.name={o.name!r}; expected one of {sorted(OBJECTIVES)}')
+    if o.name not in registry():
+      raise ValueError(f'objective.name={o.name!r}; expected one of {sorted(registry())}')
     return cls(mask_prob=o.mask_prob, max_predictions_per_seq=o.max_predictions_per_seq,
                mask_token_prob=o.mask_token_prob, random_token_prob=o.random_token_prob,
                temperature=o.temperature, disallow_correct=o.disallow_correct,
@@ -164,12 +164,15 @@ def as_batch(batch: dict) -> Batch:
   return Batch(batch['input_ids'], batch['input_mask'], batch['segment_ids'])
 
 
-def electra_loss(params, batch: dict, rng, *, model, cfg: ObjectiveConfig, deterministic=False):
+def electra_loss(params, batch: dict, rng, *, model, cfg: ObjectiveConfig, step=0,
+                 deterministic=False):
   """Replaced-token detection: L = gen_weight * MLM + disc_weight * BCE.
 
   Returns (loss, (metrics, aux)) where aux holds per-token outputs used by
-  evaluation (discriminator probabilities, labels, weights).
+  evaluation (discriminator probabilities, labels, weights). `step` is unused
+  here; staged variants (two-stage training) read it.
   """
+  del step
   b = as_batch(batch)
   k_mask, k_sample, k_gen_drop, k_disc_drop = jax.random.split(rng, 4)
   masked = mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
@@ -200,13 +203,35 @@ def electra_loss(params, batch: dict, rng, *, model, cfg: ObjectiveConfig, deter
   return loss, (metrics, aux)
 
 
-ObjectiveFn = Callable[..., tuple]
-OBJECTIVES: dict[str, ObjectiveFn] = {
-    'electra': electra_loss,
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A named training objective.
+
+  loss(params, batch, rng, *, model, cfg, step, deterministic) -> (loss, (metrics, aux))
+  prepare_params(params, step, cfg) -> params, applied inside the step before
+      the loss; what it returns is what gets updated (e.g. copying the
+      generator into the discriminator when a stage starts).
+  update_mask(params, step, cfg) -> tree of 0/1 multipliers on the optimizer's
+      updates (e.g. freezing the generator, weight decay included).
+  """
+  loss: Callable[..., tuple]
+  prepare_params: Callable[..., Any] | None = None
+  update_mask: Callable[..., Any] | None = None
+
+
+OBJECTIVES: dict[str, Objective] = {
+    'electra': Objective(electra_loss),
 }
 
 
-def get_objective(name: str) -> ObjectiveFn:
-  if name not in OBJECTIVES:
-    raise ValueError(f'unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}')
-  return OBJECTIVES[name]
+def registry() -> dict[str, Objective]:
+  """All objectives: the default above plus the paper's variants."""
+  from electra_jax import objective_variants  # pylint: disable=g-import-not-at-top
+  return {**OBJECTIVES, **objective_variants.VARIANTS}
+
+
+def get_objective(name: str) -> Objective:
+  objs = registry()
+  if name not in objs:
+    raise ValueError(f'unknown objective {name!r}; expected one of {sorted(objs)}')
+  return objs[name]

@@ -84,15 +84,22 @@ def _tree_norm(tree):
   return optax.global_norm(tree)
 
 
-def train_step(state: TrainState, batch: dict, rng, *, model, tx, obj_cfg, loss_fn,
-               schedule, skip_nonfinite: bool):
+def train_step(state: TrainState, batch: dict, rng, *, model, tx, obj_cfg,
+               objective: objectives.Objective, schedule, skip_nonfinite: bool):
   """One optimizer step. Returns (new_state, metrics dict of float32 scalars)."""
   key = step_keys(rng, state.step)
+  params = state.params
+  if objective.prepare_params is not None:
+    params = objective.prepare_params(params, state.step, obj_cfg)
   grad_fn = jax.value_and_grad(
-      lambda p: loss_fn(p, batch, key, model=model, cfg=obj_cfg), has_aux=True)
-  (loss, (metrics, _)), grads = grad_fn(state.params)
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
+      lambda p: objective.loss(p, batch, key, model=model, cfg=obj_cfg, step=state.step),
+      has_aux=True)
+  (loss, (metrics, _)), grads = grad_fn(params)
+  updates, new_opt_state = tx.update(grads, state.opt_state, params)
+  if objective.update_mask is not None:
+    mask = objective.update_mask(params, state.step, obj_cfg)
+    updates = jax.tree.map(lambda u, m: u * m, updates, mask)
+  new_params = optax.apply_updates(params, updates)
   grad_norm = _tree_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   if skip_nonfinite:
@@ -107,9 +114,11 @@ def train_step(state: TrainState, batch: dict, rng, *, model, tx, obj_cfg, loss_
   return new_state, metrics
 
 
-def eval_step(params, batch: dict, rng, *, model, obj_cfg, loss_fn):
+def eval_step(params, batch: dict, rng, step, *, model, obj_cfg,
+              objective: objectives.Objective):
   """Loss and metrics without dropout, plus per-token discriminator outputs."""
-  _, (metrics, aux) = loss_fn(params, batch, rng, model=model, cfg=obj_cfg, deterministic=True)
+  _, (metrics, aux) = objective.loss(params, batch, rng, model=model, cfg=obj_cfg, step=step,
+                                     deterministic=True)
   return metrics, aux
 
 
@@ -117,7 +126,7 @@ def make_train_step(config, model, tx, schedule, mesh, shardings):
   """jit(train_step) with explicit shardings; the state is donated."""
   obj_cfg = objectives.ObjectiveConfig.from_config(config)
   fn = functools.partial(train_step, model=model, tx=tx, obj_cfg=obj_cfg,
-                         loss_fn=objectives.get_objective(obj_cfg.name), schedule=schedule,
+                         objective=objectives.get_objective(obj_cfg.name), schedule=schedule,
                          skip_nonfinite=config.train.nan_policy == 'skip')
   batch_sh = sharding.batch_sharding(mesh)
   repl = sharding.replicated(mesh)
@@ -128,8 +137,8 @@ def make_train_step(config, model, tx, schedule, mesh, shardings):
 def make_eval_step(config, model, mesh, shardings):
   obj_cfg = objectives.ObjectiveConfig.from_config(config)
   fn = functools.partial(eval_step, model=model, obj_cfg=obj_cfg,
-                         loss_fn=objectives.get_objective(obj_cfg.name))
+                         objective=objectives.get_objective(obj_cfg.name))
   batch_sh = sharding.batch_sharding(mesh)
   repl = sharding.replicated(mesh)
-  return jax.jit(fn, in_shardings=(shardings.params, batch_sh, repl),
+  return jax.jit(fn, in_shardings=(shardings.params, batch_sh, repl, repl),
                  out_shardings=(repl, batch_sh))
