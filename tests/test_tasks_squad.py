@@ -1,0 +1,203 @@
+"""SQuAD reader, doc-stride featurization, post-processing and official metrics."""
+
+import collections
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from electra_jax.data.tasks import registry, squad
+
+DATA = Path(__file__).parents[1].parent / 'shared' / 'data'
+
+
+class FakeWordPiece:
+  """Lowercases, splits punctuation, and splits '-ing' words into stem + '##ing'."""
+  pad_id, cls_id, sep_id, unk_id = 0, 1, 2, 3
+  lowercase = True
+
+  def __init__(self, with_strings=True):
+    self.vocab = {'[PAD]': 0, '[CLS]': 1, '[SEP]': 2, '[UNK]': 3}
+    if with_strings:
+      self.id_to_token = lambda i: {v: k for k, v in self.vocab.items()}[i]
+
+  def encode(self, text):
+    pieces = []
+    for w in re.findall(r'\w+|[^\w\s]', text.lower()):
+      pieces += [w[:-3], '##ing'] if w.endswith('ing') and len(w) > 4 else [w]
+    return [self.vocab.setdefault(p, len(self.vocab)) for p in pieces]
+
+
+CONTEXT_1 = ('The leader was John Smith (1895-1943). He liked playing chess in the park '
+             'every single day of the week with his old friends from the village.')
+CONTEXT_2 = 'Paris is the capital of France. Berlin is the capital of Germany.'
+
+
+def _squad_json(v2=False):
+  def ans(ctx, text, nth=0):
+    start = -1
+    for _ in range(nth + 1):
+      start = ctx.index(text, start + 1)
+    return {'text': text, 'answer_start': start}
+
+  qas1 = [{'id': 'q1', 'question': 'What year was John Smith born?',
+           'answers': [ans(CONTEXT_1, '1895')]},
+          {'id': 'q2', 'question': 'What did he like to do?',
+           'answers': [ans(CONTEXT_1, 'play'), ans(CONTEXT_1, 'playing chess')]},
+          {'id': 'q3', 'question': 'Where did his friends come from?',
+           'answers': [ans(CONTEXT_1, 'the village')]}]
+  qas2 = [{'id': 'q4', 'question': 'What is the capital of Germany?',
+           'answers': [ans(CONTEXT_2, 'Berlin')]}]
+  if v2:
+    for q in qas1 + qas2:
+      q['is_impossible'] = False
+    qas2.append({'id': 'q5', 'question': 'What is the capital of Spain?', 'answers': [],
+                 'plausible_answers': [ans(CONTEXT_2, 'Paris')], 'is_impossible': True})
+  return {'version': '2.0' if v2 else '1.1',
+          'data': [{'title': 'A', 'paragraphs': [{'context': CONTEXT_1, 'qas': qas1}]},
+                   {'title': 'B', 'paragraphs': [{'context': CONTEXT_2, 'qas': qas2}]}]}
+
+
+def _perfect_logits(train_feats, n_windows, length):
+  """Logits peaking at the training targets; [CLS] wins in windows without the answer."""
+  start = np.full((n_windows, length), -10.0)
+  end = np.full((n_windows, length), -10.0)
+  rows = np.arange(n_windows)
+  start[rows, train_feats.arrays['start_positions']] = 10.0
+  end[rows, train_feats.arrays['end_positions']] = 10.0
+  return start, end
+
+
+@pytest.mark.parametrize('with_strings', [True, False])
+def test_featurize_then_perfect_logits_give_em_100(tmp_path, with_strings):
+  path = tmp_path / 'dev-v1.1.json'
+  path.write_text(json.dumps(_squad_json()))
+  task = registry.get_task('squad1.1')
+  task.doc_stride, task.max_query_length = 6, 8
+  exs = task.load_examples('json', 'dev', tmp_path)
+  assert [e.qas_id for e in exs] == ['q1', 'q2', 'q3', 'q4']
+  tok = FakeWordPiece(with_strings)
+  L = 24
+  train = task.featurize(exs, tok, L, train=True)
+  ev = task.featurize(exs, tok, L, train=False)
+  assert len(train) == len(ev) > 4  # Long context: several windows per question.
+  assert train.arrays['input_ids'].shape == (len(ev), L)
+  assert np.array_equal(train.arrays['input_ids'], ev.arrays['input_ids'])
+  assert ev.num_truncated == 0
+  # Each context sub-token is the max-context token of exactly one window.
+  for e_index in range(4):
+    counts = collections.Counter()
+    for w in np.flatnonzero(ev.arrays['example_index'] == e_index):
+      m = ev.meta[w]
+      for pos, is_max in m['token_is_max_context'].items():
+        counts[m['doc_start'] + pos - m['doc_offset']] += is_max
+    n_doc = len(tok.encode(' '.join(exs[e_index].doc_tokens)))
+    assert sorted(counts) == list(range(n_doc)) and set(counts.values()) == {1}
+  start, end = _perfect_logits(train, len(ev), L)
+  preds, _, nbest = task.postprocess(ev, start, end)
+  if with_strings:
+    # Improved span + get_final_text cut inside whitespace words, keeping original case.
+    assert preds == {'q1': '1895', 'q2': 'play', 'q3': 'the village', 'q4': 'Berlin'}
+  else:
+    assert preds == {'q1': '(1895-1943).', 'q2': 'playing', 'q3': 'the village.',
+                     'q4': 'Berlin'}
+  assert nbest['q1'][0]['probability'] > 0.9
+  m = task.compute_metrics({'start_logits': start, 'end_logits': end}, ev)
+  if with_strings:
+    assert m['exact'] == 100.0 and m['f1'] == 100.0
+  else:  # Whole words: q1 '(1895-1943).' -> '18951943' (0); q2 'playing' vs
+    # 'playing chess' -> EM 0, F1 2/3; q3, q4 right.
+    assert m['exact'] == pytest.approx(50.0)
+    assert m['f1'] == pytest.approx(100 * (2 / 3 + 2) / 4)
+
+
+def test_training_positions_and_query_truncation(tmp_path):
+  path = tmp_path / 'train-v1.1.json'
+  path.write_text(json.dumps(_squad_json()))
+  task = squad.SquadTask(version=1, doc_stride=128, max_query_length=3)
+  exs = task.load_examples('json', 'train', tmp_path)
+  tok = FakeWordPiece()
+  f = task.featurize(exs, tok, 64, train=True)
+  assert f.num_truncated == 4 and len(f) == 4  # Every question > 3 tokens; one window each.
+  inv = {v: k for k, v in tok.vocab.items()}
+  got = [' '.join(inv[i] for i in f.arrays['input_ids'][n, s:e + 1])
+         for n, (s, e) in enumerate(zip(f.arrays['start_positions'], f.arrays['end_positions']))]
+  assert got == ['1895', 'play', 'the village', 'berlin']
+  assert (f.arrays['segment_ids'][0, :5] == 0).all() and f.arrays['segment_ids'][0, 5] == 1
+
+
+def test_v2_unanswerable_threshold(tmp_path):
+  (tmp_path / 'dev-v2.0.json').write_text(json.dumps(_squad_json(v2=True)))
+  task = registry.get_task('squad2')
+  exs = task.load_examples('json', 'dev', tmp_path)
+  assert [e.is_impossible for e in exs] == [False] * 4 + [True]
+  tok = FakeWordPiece()
+  train = task.featurize(exs, tok, 64, train=True)
+  ev = task.featurize(exs, tok, 64, train=False)
+  assert train.arrays['is_impossible'].tolist() == [0, 0, 0, 0, 1]
+  assert train.arrays['start_positions'][4] == 0
+  start, end = _perfect_logits(train, len(ev), 64)
+  # Answerability logit (target is_impossible): high for q5 only.
+  answerable = np.where(train.arrays['is_impossible'] == 1, 0.5, -3.0)
+  m = task.compute_metrics({'start_logits': start, 'end_logits': end,
+                            'answerable_logits': answerable}, ev)
+  # At the default threshold (1.0) nothing is nulled: q5 gets a span -> 4/5 exact.
+  assert m['exact'] == pytest.approx(80.0) and m['NoAns_exact'] == 0.0
+  # The threshold chosen on this set nulls q5 only.
+  assert m['best_exact'] == 100.0 and m['best_f1'] == 100.0
+  assert m['best_f1_thresh'] == -3.0
+  assert task.main_metric == 'best_f1'
+  # Without a classifier the null score is start[0]+end[0] minus the best span score.
+  _, na, _ = task.postprocess(ev, start, end)
+  assert na['q5'] > 0 > na['q1']
+
+
+def test_malformed_json_and_records(tmp_path):
+  bad = tmp_path / 'dev-v1.1.json'
+  bad.write_text('{"data": [\n  {"paragraphs": [}\n]}')
+  with pytest.raises(ValueError, match=r'dev-v1.1.json:2:\d+: invalid JSON'):
+    registry.get_task('squad1').load_examples('json', 'dev', tmp_path)
+  data = _squad_json()
+  del data['data'][0]['paragraphs'][0]['qas'][1]['question']
+  bad.write_text(json.dumps(data))
+  with pytest.raises(ValueError, match=r"dev-v1.1.json: record data\[0\].paragraphs\[0\]"
+                                       r".qas\[1\]: malformed record.*'question'"):
+    registry.get_task('squad1').load_examples('json', 'dev', tmp_path)
+  with pytest.raises(FileNotFoundError, match='no SQuAD file'):
+    registry.get_task('squad1').load_examples('json', 'train', tmp_path)
+
+
+def test_split_by_article_is_deterministic_and_disjoint(tmp_path):
+  path = tmp_path / 'dev-v1.1.json'
+  data = _squad_json()
+  data['data'] = data['data'] * 5  # 10 articles
+  for i, a in enumerate(data['data']):
+    a = json.loads(json.dumps(a))
+    for p in a['paragraphs']:
+      for q in p['qas']:
+        q['id'] = f'{i}-{q["id"]}'
+    data['data'][i] = a
+  path.write_text(json.dumps(data))
+  tr, ev = squad.split_squad_by_article(path, 0.3, seed=1)
+  tr2, ev2 = squad.split_squad_by_article(path, 0.3, seed=1)
+  assert [e.qas_id for e in tr] == [e.qas_id for e in tr2]
+  arts = lambda xs: {e.qas_id.split('-')[0] for e in xs}
+  assert len(arts(ev)) == 3 and len(arts(tr)) == 7 and not arts(ev) & arts(tr)
+  assert len(tr) + len(ev) == 20
+  eval_sets = {frozenset(arts(squad.split_squad_by_article(path, 0.3, seed=s)[1]))
+               for s in range(6)}
+  assert len(eval_sets) > 1  # The seed matters.
+
+
+@pytest.mark.skipif(not (DATA / 'squad' / 'dev-v1.1.json').exists(), reason='no SQuAD dev')
+def test_real_dev_file():
+  path = DATA / 'squad' / 'dev-v1.1.json'
+  exs = squad.read_squad_json(path, 1)
+  assert len(exs) == 10570
+  assert sum(len(e.answers) for e in exs) == 34726
+  assert sum(e.start_position is None for e in exs) < 10  # answers recoverable
+  tr, ev = squad.split_squad_by_article(path, 0.2, seed=0)
+  assert len(tr) + len(ev) == 10570 and not {e.qas_id for e in tr} & {e.qas_id for e in ev}
+  assert 1000 < len(ev) < 4000
