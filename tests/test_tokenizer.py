@@ -23,7 +23,7 @@ _FIXED = [
     'emoji 😀👍🏽 and symbols ©®™ § ¶ • … ‰', 'math: a+b=c, x^2 ≤ y², ∑ ∫ √', 'urls: https://example.com/a?b=c&d=e#f',
     'e-mail: someone@example.org', '$100 €20 £5 ¥1000', 'CamelCaseWordsAndALLCAPS', 'under_score and hy-phen',
     '""quotes"" ‘single’ “double” «guillemets»', 'control\x00chars\x07here\ufffd', '', '   ', '...!!!???',
-    'İstanbul ıi', 'ﬁne ligature ﬀ', 'Ⅻ roman ① circled', 'Mixed 中文 and English words together.',
+    'ascii\tcontrols\x0bvt\x0cff\x1fus\x7fdel\rcr\x01soh end', 'İstanbul ıi', 'ﬁne ligature ﬀ', 'Ⅻ roman ① circled', 'Mixed 中文 and English words together.',
 ]
 _WORDS = ('the of and to in is was for on that with as by at from his an were are which this be or has '
           'university government international electricity photosynthesis unbelievable reconsideration '

@@ -33,8 +33,7 @@ _FORMAT_VERSION = 1
 # `this` prints, turtledemo/idlelib/tkinter start or need a GUI), test suites, or packaging
 # helpers whose import is slow or noisy.
 _SKIP_TOP = {
-    'antigravity', 'this', 'idlelib', 'tkinter', 'turtle', 'turtledemo', 'test', 'lib2to3',
-    'ensurepip', 'venv', 'pydoc_data', '__main__', '__phello__', '__hello__', 'xxsubtype',
+    'antigravity', 'this', 'idlelib', 'tkinter', 'turtle', 'turtledemo', 'test', 'pydoc_data', '__main__', '__phello__', '__hello__', 'xxsubtype',
     'xxlimited', 'xxlimited_35', '_xxtestfuzz', 'msilib', 'winreg', 'winsound', 'msvcrt',
     '_winapi', 'nt', 'pip', 'setuptools', 'distutils',
 }

@@ -1,0 +1,521 @@
+"""Raw text -> packed ELECTRA pre-training examples -> sharded array_record files.
+
+Follows google-research/electra `build_pretraining_dataset.py` (`ExampleBuilder`): lines are
+tokenized and accumulated until their length reaches a target length (max_seq_length, or with
+probability 5% a random length in [5, max_seq_length]); the accumulated sentences are split
+roughly in half into segments A and B (10% of examples keep a single segment) and written as
+`[CLS] A [SEP] B [SEP]`, truncated to max_seq_length. A blank line ends a document and flushes
+the accumulated sentences into an example.
+
+Sources:
+  * text files, globs or directories: one sentence/paragraph per line, blank line between docs;
+  * `builtin:python-docs`: the standard-library docstring corpus (builtin_corpus.py);
+  * `tfds:NAME[/CONFIG]:FEATURE[:SPLIT]` (SPLIT defaults to train): each record is one
+    document, split into lines on newlines. Read from `tfds_data_dir`; never downloads.
+
+Output directory: `train-XXXXX-of-NNNNN.array_record` shards plus `metadata.json`; with
+`eval_fraction > 0` the held-out documents (chosen by a hash of the document text) go to the
+same layout under `eval/`. Each record is the little-endian int32 array
+`concat(input_ids, segment_ids)` of one example (2 * n values, n <= max_seq_length, unpadded).
+
+Determinism: the input is cut into work units that depend only on the data (files cut at
+document boundaries every ~UNIT_BYTES, TFDS records in groups of UNIT_DOCS); each unit has its
+own builder and RNG seeded from (seed, unit index), and the main process writes examples in
+unit order, round-robin over shards. So the shards are byte-identical for any `num_workers`.
+(The official script uses the global `random` state and shuffles files per process, so its
+output depends on the number of processes and is not reproducible.)
+
+Command line:
+  python -m electra_jax.data.pretraining --input 'corpus/*.txt' --vocab vocab.txt \
+      --output DIR --max_seq_length 128 --num_shards 8 --num_workers 2 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import mmap
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from electra_jax.data import tokenizer as tok_lib
+
+UNIT_BYTES = 2 << 20  # ~2 MB of text per work unit: enough to keep Rust batch encoding busy
+UNIT_DOCS = 1000  # TFDS records per work unit
+RECORD_FORMAT = 'int32le:input_ids+segment_ids'
+_SPLITS = ('train', 'eval')
+
+
+class ExampleBuilder:
+  """Packs tokenized lines into examples; a line-by-line port of ELECTRA's ExampleBuilder.
+
+  Works on token-id lists; examples come out as (first_segment, second_segment) id lists
+  without special tokens. `rng` replaces the official code's global `random` module (the
+  same calls in the same order, but seeded per work unit).
+  """
+
+  def __init__(self, max_length: int, rng: random.Random):
+    self._rng = rng
+    self._current_sentences: list[list[int]] = []
+    self._current_length = 0
+    self._max_length = max_length
+    self._target_length = max_length
+
+  def add_line(self, ids: list[int]):
+    """Adds one tokenized line; returns an example when the target length is reached."""
+    self._current_sentences.append(ids)
+    self._current_length += len(ids)
+    if self._current_length >= self._target_length:
+      return self._create_example()
+    return None
+
+  def end_document(self):
+    """A blank line: flushes the accumulated sentences (if any) into an example."""
+    if self._current_length != 0:
+      return self._create_example()
+    # Zero-token lines (e.g. only control characters) add nothing. The official builder keeps
+    # them as empty sentences, which can only shift its RNG calls; dropping them keeps the
+    # builder's state independent of what preceded a document.
+    self._current_sentences = []
+    return None
+
+  def _create_example(self):
+    rng = self._rng
+    # small chance to only have one segment as in classification tasks
+    if rng.random() < 0.1:
+      first_segment_target_length = 100000
+    else:
+      # -3 due to not yet having [CLS]/[SEP] tokens in the input text
+      first_segment_target_length = (self._target_length - 3) // 2
+
+    first_segment: list[int] = []
+    second_segment: list[int] = []
+    for sentence in self._current_sentences:
+      # the sentence goes to the first segment if (1) the first segment is empty, (2) the
+      # sentence doesn't put the first segment over length or (3) 50% of the time when it does
+      # put the first segment over length
+      if (len(first_segment) == 0 or
+          len(first_segment) + len(sentence) < first_segment_target_length or
+          (len(second_segment) == 0 and
+           len(first_segment) < first_segment_target_length and
+           rng.random() < 0.5)):
+        first_segment += sentence
+      else:
+        second_segment += sentence
+
+    # trim to max_length while accounting for not-yet-added [CLS]/[SEP] tokens
+    first_segment = first_segment[:self._max_length - 2]
+    second_segment = second_segment[:max(0, self._max_length - len(first_segment) - 3)]
+
+    # prepare to start building the next example
+    self._current_sentences = []
+    self._current_length = 0
+    # small chance for random-length instead of max_length-length example
+    if rng.random() < 0.05:
+      self._target_length = rng.randint(5, self._max_length)
+    else:
+      self._target_length = self._max_length
+    return first_segment, second_segment
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def parse_tfds_source(source: str) -> tuple[str, str, str]:
+  """'tfds:NAME[/CONFIG]:FEATURE[:SPLIT]' -> (name_with_config, feature, split)."""
+  parts = source[len('tfds:'):].split(':')
+  if len(parts) not in (2, 3) or not all(parts):
+    raise ValueError(f'bad TFDS source {source!r}; expected tfds:NAME[/CONFIG]:FEATURE[:SPLIT], '
+                     'e.g. tfds:imdb_reviews/plain_text:text')
+  return parts[0], parts[1], parts[2] if len(parts) == 3 else 'train'
+
+
+def _tfds_builder(source: str, data_dir: str):
+  """Returns (builder, feature, split) for a TFDS source that is prepared on disk (no download)."""
+  name, feature, split = parse_tfds_source(source)
+  import tensorflow_datasets as tfds  # lazy: TF is slow to import and only needed here
+  where = data_dir or 'the default TFDS data_dir'
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None, try_gcs=False)
+  except Exception as e:  # noqa: BLE001 -- DatasetNotFoundError, bad config name, ...
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(f'TFDS dataset {name!r} is not available offline in {where}: {first}') from None
+  if not builder.is_prepared():
+    raise ValueError(f'TFDS dataset {name!r} is not prepared in {where} ({builder.data_path}); '
+                     'prepare it first (this builder never downloads)')
+  if split not in builder.info.splits:
+    raise ValueError(f'TFDS dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}')
+  if feature not in builder.info.features:
+    raise ValueError(f'TFDS dataset {name!r} has no feature {feature!r}; it has {sorted(builder.info.features)}')
+  return builder, feature, split
+
+
+def _file_units(files: Sequence[str]) -> list[tuple]:
+  """Cuts files at blank lines into ('file', path, start, end, first_line) units of ~UNIT_BYTES."""
+  units = []
+  for path in files:
+    size = os.path.getsize(path)
+    if size == 0:
+      continue
+    with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+      start, line = 0, 1
+      while start < size:
+        end = size if size - start <= UNIT_BYTES else data.find(b'\n\n', start + UNIT_BYTES)
+        end = size if end < 0 else min(size, end + 2)  # no blank line left: the rest is one document
+        units.append(('file', path, start, end, line))
+        line += data[start:end].count(b'\n')
+        start = end
+  return units
+
+
+def _tfds_units(source: str, data_dir: str) -> Iterator[tuple]:
+  """Yields ('docs', name, first_record, [document texts]) units from a prepared TFDS split."""
+  builder, feature, split = _tfds_builder(source, data_dir)
+  import tensorflow_datasets as tfds
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  batch, first = [], 0
+  for i, ex in enumerate(tfds.as_numpy(ds)):
+    batch.append(ex[feature])
+    if len(batch) == UNIT_DOCS:
+      yield ('docs', source, first, batch)
+      batch, first = [], i + 1
+  if batch:
+    yield ('docs', source, first, batch)
+
+
+def resolve_source(source: str, tfds_data_dir: str = '', cache_dir: str | None = None):
+  """Returns (units iterator, number of units or None, description) for a source string."""
+  if source.startswith('tfds:'):
+    name, _, split = parse_tfds_source(source)
+    builder, _, _ = _tfds_builder(source, tfds_data_dir)  # fail fast, before spawning workers
+    n = builder.info.splits[split].num_examples
+    return _tfds_units(source, tfds_data_dir), -(-n // UNIT_DOCS), source
+  if source.startswith('builtin:'):
+    from electra_jax.data import builtin_corpus
+    if source != builtin_corpus.BUILTIN_SOURCE:
+      raise ValueError(f'unknown builtin source {source!r}; expected {builtin_corpus.BUILTIN_SOURCE!r}')
+    cache = Path(cache_dir or Path.home() / '.cache' / 'electra_jax') / 'python_docs'
+    files = [str(p) for p in builtin_corpus.write_builtin_corpus(cache)]
+  else:
+    files = tok_lib.expand_inputs([s for s in source.split(',') if s])
+  units = _file_units(files)
+  return iter(units), len(units), source
+
+
+# ----------------------------------------------------------------------------- workers
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokens: list[str], lowercase: bool, max_seq_length: int, seed: int,
+                 eval_fraction: float, threads: int | None) -> None:
+  if threads:  # must precede the first encode: Rust's thread pool reads it once
+    os.environ['RAYON_NUM_THREADS'] = str(threads)
+  _WORKER.update(tok=tok_lib.WordPieceTokenizer(tokens, lowercase=lowercase),
+                 max_len=max_seq_length, seed=seed, eval_fraction=eval_fraction)
+
+
+def _is_eval(doc_lines: list[str], eval_fraction: float) -> bool:
+  """Deterministic hold-out by a hash of the document text (independent of seed and sharding)."""
+  if eval_fraction <= 0:
+    return False
+  h = hashlib.blake2b('\n'.join(doc_lines).encode('utf-8'), digest_size=8).digest()
+  return int.from_bytes(h, 'little') / 2.0**64 < eval_fraction
+
+
+def _decode_unit(unit) -> tuple[list[list[str]], int, str | None]:
+  """Returns (documents as lists of stripped non-empty lines, invalid lines, first bad place)."""
+  kind = unit[0]
+  bad, first_bad = 0, None
+  if kind == 'file':
+    _, path, start, end, first_line = unit
+    with open(path, 'rb') as f:
+      f.seek(start)
+      data = f.read(end - start)
+    try:
+      raw_lines = data.decode('utf-8').split('\n')
+    except UnicodeDecodeError:
+      raw_lines = []
+      for i, b in enumerate(data.split(b'\n')):
+        try:
+          raw_lines.append(b.decode('utf-8'))
+        except UnicodeDecodeError:
+          bad += 1
+          first_bad = first_bad or f'{path}:{first_line + i}'
+          raw_lines.append(None)  # skipped, but not a document boundary
+    docs, cur = [], []
+    for line in raw_lines:
+      if line is None:
+        continue
+      line = line.strip()
+      if line:
+        cur.append(line)
+      elif cur:
+        docs.append(cur)
+        cur = []
+    if cur:
+      docs.append(cur)
+  else:
+    _, name, first_record, texts = unit
+    docs = []
+    for i, t in enumerate(texts):
+      if isinstance(t, bytes):
+        try:
+          t = t.decode('utf-8')
+        except UnicodeDecodeError:
+          bad += 1
+          first_bad = first_bad or f'{name} record {first_record + i}'
+          continue
+      lines = [s.strip() for s in t.split('\n')]
+      lines = [s for s in lines if s]
+      if lines:
+        docs.append(lines)
+  return docs, bad, first_bad
+
+
+def _process_unit(args) -> dict:
+  """Tokenizes and packs one unit. Returns per-split flat arrays and counts."""
+  index, unit = args
+  w = _WORKER
+  tok, max_len = w['tok'], w['max_len']
+  docs, bad, first_bad = _decode_unit(unit)
+  flat_lines = [line for doc in docs for line in doc]
+  ids = tok.encode_batch(flat_lines)
+  out = {'invalid_utf8_lines': bad, 'first_invalid': first_bad, 'num_documents': len(docs),
+         'num_lines': len(flat_lines), 'num_text_tokens': sum(map(len, ids))}
+  builders = {s: ExampleBuilder(max_len, random.Random(f'{w["seed"]}:{index}:{s}')) for s in _SPLITS}
+  examples = {s: [] for s in _SPLITS}
+  empty_docs = 0
+  pos = 0
+  for doc in docs:
+    split = 'eval' if _is_eval(doc, w['eval_fraction']) else 'train'
+    b, ex = builders[split], examples[split]
+    doc_tokens = 0
+    for _ in doc:
+      doc_tokens += len(ids[pos])
+      e = b.add_line(ids[pos])
+      pos += 1
+      if e is not None:
+        ex.append(e)
+    e = b.end_document()
+    if e is not None:
+      ex.append(e)
+    empty_docs += doc_tokens == 0
+  out['empty_documents'] = empty_docs
+  cls, sep = tok.cls_id, tok.sep_id
+  for s in _SPLITS:
+    # [CLS] A [SEP] (B [SEP]); segment ids 0 up to and including the first [SEP], then 1.
+    seqs, len_a = [], []
+    for a, b in examples[s]:
+      seqs.append([cls] + a + [sep] + (b + [sep] if b else []))
+      len_a.append(len(a) + 2)
+    lengths = np.fromiter(map(len, seqs), np.int32, len(seqs))
+    flat = np.fromiter((t for q in seqs for t in q), np.int32, int(lengths.sum()))
+    out[s] = (flat, lengths, np.asarray(len_a, np.int32))
+  return out
+
+
+def _ordered_map(fn, items: Iterator, pool, window: int) -> Iterator:
+  """Like pool.imap (results in input order) but reads at most `window` items ahead."""
+  pending = collections.deque()
+  for item in items:
+    pending.append(pool.apply_async(fn, (item,)))
+    if len(pending) >= window:
+      yield pending.popleft().get()
+  while pending:
+    yield pending.popleft().get()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+class _ShardWriter:
+  """Writes examples round-robin over `num_shards` array_record files in one directory."""
+
+  def __init__(self, out_dir: Path, prefix: str, num_shards: int):
+    from array_record.python.array_record_module import ArrayRecordWriter
+    out_dir.mkdir(parents=True, exist_ok=True)
+    self.names = [f'{prefix}-{i:05d}-of-{num_shards:05d}.array_record' for i in range(num_shards)]
+    self._writers = [ArrayRecordWriter(str(out_dir / n), 'group_size:256') for n in self.names]
+    self.num_examples = 0
+    self.num_tokens = 0
+    self.num_single_segment = 0
+
+  def write(self, flat: np.ndarray, lengths: np.ndarray, len_a: np.ndarray) -> None:
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    pos_in_example = np.arange(len(flat)) - np.repeat(starts, lengths)
+    seg = (pos_in_example >= np.repeat(len_a, lengths)).astype('<i4')
+    # Slicing two byte strings per example avoids per-example numpy calls (the main process
+    # writes every example, so it must stay cheap next to the tokenizing workers).
+    ids_b, seg_b = flat.astype('<i4').tobytes(), seg.tobytes()
+    writers, n = self._writers, len(self._writers)
+    for o, l in zip((4 * starts).tolist(), (4 * lengths).tolist()):
+      writers[self.num_examples % n].write(ids_b[o:o + l] + seg_b[o:o + l])
+      self.num_examples += 1
+    self.num_tokens += int(lengths.sum())
+    self.num_single_segment += int((len_a == lengths).sum())
+
+  def close(self) -> None:
+    for w in self._writers:
+      w.close()
+
+
+def build_pretraining_data(source: str, tokenizer: tok_lib.WordPieceTokenizer, output_dir,
+                           max_seq_length: int = 128, num_shards: int = 8, num_workers: int = 1,
+                           seed: int = 0, eval_fraction: float = 0.0, tfds_data_dir: str = '',
+                           cache_dir: str | None = None, progress: bool = True) -> dict:
+  """Builds the shards of `source` into `output_dir` (must be absent or empty).
+
+  Returns the train split's metadata dict (also written to output_dir/metadata.json). Raises
+  FileNotFoundError / ValueError with a one-line message for a missing path, an empty corpus,
+  documents too short to make an example, or an unavailable TFDS dataset. Invalid UTF-8 lines
+  are skipped, counted in the metadata and reported on stderr.
+  """
+  if max_seq_length < 5:
+    raise ValueError(f'max_seq_length={max_seq_length} is too small; expected >= 5')
+  if num_shards < 1 or num_workers < 0:
+    raise ValueError(f'num_shards={num_shards} and num_workers={num_workers}; expected >= 1 and >= 0')
+  if not 0.0 <= eval_fraction < 1.0:
+    raise ValueError(f'eval_fraction={eval_fraction}; expected a value in [0, 1)')
+  output_dir = Path(output_dir)
+  if output_dir.exists() and any(output_dir.iterdir()):
+    raise ValueError(f'output directory {output_dir} is not empty')
+  units, num_units, desc = resolve_source(source, tfds_data_dir, cache_dir)
+  created = not output_dir.exists()
+  try:
+    return _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length, num_shards,
+                  num_workers, seed, eval_fraction, progress)
+  except BaseException:
+    # Never leave half-written shards behind in a directory that was empty before.
+    if created:
+      shutil.rmtree(output_dir, ignore_errors=True)
+    else:
+      for child in output_dir.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    raise
+
+
+def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length, num_shards,
+           num_workers, seed, eval_fraction, progress) -> dict:
+  writers = {'train': _ShardWriter(output_dir, 'train', num_shards)}
+  if eval_fraction > 0:
+    writers['eval'] = _ShardWriter(output_dir / 'eval', 'eval', max(1, min(num_shards, 4)))
+  totals = collections.Counter()
+  first_invalid = None
+  init = (tokenizer.tokens, tokenizer.lowercase, max_seq_length, seed, eval_fraction)
+  start = time.perf_counter()
+  from tqdm import tqdm
+  bar = tqdm(total=num_units, unit='unit', desc=f'building {desc}', disable=not progress,
+             file=sys.stderr, dynamic_ncols=True)
+  pool = None
+  try:
+    if num_workers <= 1:
+      _init_worker(*init, None)
+      results = map(_process_unit, enumerate(units))
+    else:
+      import multiprocessing
+      # spawn, not fork: the parent may hold JAX/TF/Rust threads, which fork would copy broken.
+      threads = max(1, (os.cpu_count() or 1) // num_workers)
+      pool = multiprocessing.get_context('spawn').Pool(num_workers, _init_worker, init + (threads,))
+      results = _ordered_map(_process_unit, enumerate(units), pool, window=2 * num_workers)
+    for r in results:
+      for k in ('invalid_utf8_lines', 'num_documents', 'num_lines', 'num_text_tokens', 'empty_documents'):
+        totals[k] += r[k]
+      first_invalid = first_invalid or r['first_invalid']
+      for s, w in writers.items():
+        w.write(*r[s])
+      bar.update(1)
+      bar.set_postfix(examples=writers['train'].num_examples, refresh=False)
+    if pool is not None:
+      pool.close()
+      pool.join()
+  finally:
+    bar.close()
+    for w in writers.values():
+      w.close()
+    if pool is not None:
+      pool.terminate()
+  elapsed = time.perf_counter() - start
+
+  if totals['invalid_utf8_lines']:
+    print(f'warning: skipped {totals["invalid_utf8_lines"]} line(s) of invalid UTF-8 in {desc} '
+          f'(first at {first_invalid})', file=sys.stderr)
+  if totals['num_lines'] == 0:
+    raise ValueError(f'empty corpus: {desc} has no non-blank line'
+                     + (f' of valid UTF-8 (first invalid at {first_invalid})' if first_invalid else ''))
+  if writers['train'].num_examples == 0:
+    raise ValueError(f'{desc}: its {totals["num_documents"]} document(s) are too short to make any '
+                     f'training example ({totals["empty_documents"]} have no token after tokenization'
+                     + (f', eval_fraction={eval_fraction} held out the rest' if eval_fraction else '') + ')')
+  meta = None
+  for s, w in writers.items():
+    m = {
+        'format': RECORD_FORMAT, 'split': s, 'source': source, 'seed': seed,
+        'vocab_hash': tokenizer.vocab_hash, 'vocab_size': tokenizer.vocab_size,
+        'lowercase': tokenizer.lowercase,
+        'special_ids': {'pad': tokenizer.pad_id, 'unk': tokenizer.unk_id, 'cls': tokenizer.cls_id,
+                        'sep': tokenizer.sep_id, 'mask': tokenizer.mask_id},
+        'max_seq_length': max_seq_length, 'num_examples': w.num_examples,
+        'num_tokens': w.num_tokens, 'num_single_segment': w.num_single_segment,
+        'num_shards': len(w.names), 'shards': w.names, 'eval_fraction': eval_fraction,
+        'num_documents': totals['num_documents'], 'num_text_tokens': totals['num_text_tokens'],
+        'invalid_utf8_lines': totals['invalid_utf8_lines'], 'build_seconds': round(elapsed, 3),
+    }
+    d = output_dir if s == 'train' else output_dir / 'eval'
+    # build_seconds varies run to run, so it lives in its own file: metadata.json stays reproducible.
+    timing = {'build_seconds': m.pop('build_seconds'), 'num_workers': num_workers}
+    (d / 'metadata.json').write_text(json.dumps(m, indent=1, sort_keys=True) + '\n')
+    (d / 'build_stats.json').write_text(json.dumps(timing) + '\n')
+    m['build_seconds'] = timing['build_seconds']
+    meta = meta or m
+  return meta
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  p = argparse.ArgumentParser(description='Build ELECTRA pre-training shards from text or TFDS.')
+  p.add_argument('--input', required=True,
+                 help="files/globs/dirs (comma-separated), 'builtin:python-docs' or tfds:NAME[/CONFIG]:FEATURE")
+  p.add_argument('--vocab', required=True, help="vocab.txt path, or 'builtin' for the builtin 8192 vocab")
+  p.add_argument('--output', required=True)
+  p.add_argument('--max_seq_length', type=int, default=128)
+  p.add_argument('--num_shards', type=int, default=8)
+  p.add_argument('--num_workers', type=int, default=os.cpu_count() or 1)
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--eval_fraction', type=float, default=0.0)
+  p.add_argument('--no_lowercase', action='store_true')
+  p.add_argument('--tfds_data_dir', default='')
+  p.add_argument('--cache_dir', default=None, help='where builtin corpus/vocab are cached')
+  p.add_argument('--overwrite', action='store_true', help='replace an existing output directory')
+  args = p.parse_args(argv)
+  try:
+    if args.vocab == 'builtin':
+      from electra_jax.data import builtin_corpus
+      cache = args.cache_dir or str(Path.home() / '.cache' / 'electra_jax')
+      vocab = builtin_corpus.builtin_vocab(cache)
+    else:
+      vocab = args.vocab
+    tok = tok_lib.WordPieceTokenizer.from_vocab(vocab, lowercase=not args.no_lowercase)
+    out = Path(args.output)
+    if args.overwrite and out.exists():
+      shutil.rmtree(out)
+    meta = build_pretraining_data(args.input, tok, out, args.max_seq_length, args.num_shards,
+                                  args.num_workers, args.seed, args.eval_fraction,
+                                  args.tfds_data_dir, args.cache_dir)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f'error: {e}')
+  rate = meta['num_text_tokens'] / max(meta['build_seconds'], 1e-9)
+  print(f'wrote {meta["num_examples"]} examples ({meta["num_tokens"]} tokens) in {meta["num_shards"]} '
+        f'shards to {args.output} in {meta["build_seconds"]:.1f}s ({rate / 1e6:.2f}M text tokens/s)')
+
+
+if __name__ == '__main__':
+  main()
