@@ -49,6 +49,10 @@ class ModelConfig:
   attention_impl: str = 'einsum'
   remat: bool = False
   generator_head: str = 'masked'
+  # Optional extra heads for objective ablations (objective_variants.py); off
+  # by default so the parameter tree is unchanged.
+  discriminator_mlm_head: bool = False  # MLM head on the discriminator (Replace / All-Tokens MLM)
+  generator_baseline_head: bool = False  # REINFORCE baseline on the generator (adversarial)
 
   @classmethod
   def from_config(cls, model_config) -> 'ModelConfig':
@@ -168,6 +172,11 @@ class Pretrainer(nn.Module):
       self.generator = encoder.Tower(c.generator, name='generator')
     self.generator_predictions = GeneratorHead(c, name='generator_predictions')
     self.discriminator_predictions = DiscriminatorHead(c, name='discriminator_predictions')
+    if c.discriminator_mlm_head:
+      self.discriminator_mlm_predictions = GeneratorHead(c, name='discriminator_mlm_predictions')
+    if c.generator_baseline_head:
+      self.generator_baseline = layers.dense(1, ('hidden', 'classes'), c.initializer_range,
+                                             c.dtype, 'generator_baseline')
 
   def _generator_embeddings(self):
     return self.generator_embeddings if self.cfg.sharing == 'none' else self.embeddings
@@ -182,6 +191,48 @@ class Pretrainer(nn.Module):
     if positions_BxM is not None:
       h_BxLxH = gather_positions(h_BxLxH, positions_BxM)  # only the masked positions
     return self.generator_predictions(h_BxLxH, emb_module.tables()['word_embeddings'])
+
+  def generator_logits_and_baseline(self, input_ids_BxL, input_mask_BxL, segment_ids_BxL,
+                                    positions_BxM, deterministic: bool = True):
+    """(MLM logits [B, M, V], REINFORCE baseline [B, M]) at `positions` (all if None).
+
+    Needs `generator_baseline_head`. The baseline reads the generator's hidden
+    states under stop-gradient, so the generator tower is trained by the policy
+    gradient alone; only the baseline's own dense layer fits the reward.
+    """
+    emb_module = self._generator_embeddings()
+    emb = emb_module(input_ids_BxL, segment_ids_BxL, deterministic)
+    tower = self.discriminator if self.cfg.sharing == 'all' else self.generator
+    h_BxLxH = tower(emb, input_mask_BxL, deterministic)
+    if positions_BxM is not None:
+      h_BxLxH = gather_positions(h_BxLxH, positions_BxM)
+    logits = self.generator_predictions(h_BxLxH, emb_module.tables()['word_embeddings'])
+    baseline = self.generator_baseline(jax.lax.stop_gradient(h_BxLxH))[..., 0]
+    return logits, baseline.astype(jnp.float32)
+
+  def _discriminator_word_table(self):
+    c = self.cfg
+    if c.sharing == 'none':
+      return self.discriminator_embeddings.tables()['word_embeddings']
+    if c.sharing == 'gdes':
+      return (jax.lax.stop_gradient(self.embeddings.tables()['word_embeddings'])
+              + self.discriminator_embeddings_delta.tables()['word_embeddings'])
+    return self.embeddings.tables()['word_embeddings']
+
+  def discriminator_mlm_logits(self, input_ids_BxL, input_mask_BxL, segment_ids_BxL,
+                               positions_BxM, deterministic: bool = True):
+    """(MLM logits [B, M, V] at `positions` (or [B, L, V] if None), RTD logits [B, L]).
+
+    Needs `discriminator_mlm_head`: an MLM head (same form as the generator's,
+    tied to the discriminator's word table) on the discriminator's hidden
+    states, for the Replace MLM and All-Tokens MLM ablations.
+    """
+    h_BxLxH = self.discriminator_hidden(input_ids_BxL, input_mask_BxL, segment_ids_BxL,
+                                        deterministic)
+    rtd_BxL = self.discriminator_predictions(h_BxLxH)
+    if positions_BxM is not None:
+      h_BxLxH = gather_positions(h_BxLxH, positions_BxM)
+    return self.discriminator_mlm_predictions(h_BxLxH, self._discriminator_word_table()), rtd_BxL
 
   def discriminator_hidden(self, input_ids_BxL, input_mask_BxL, segment_ids_BxL,
                            deterministic: bool = True):
@@ -211,6 +262,13 @@ class Pretrainer(nn.Module):
                                 deterministic)
     disc = self.discriminator_logits(input_ids_BxL, input_mask_BxL, segment_ids_BxL,
                                      deterministic)
+    # Optional heads are called once so that `init` creates their parameters.
+    if self.cfg.discriminator_mlm_head:
+      self.discriminator_mlm_logits(input_ids_BxL, input_mask_BxL, segment_ids_BxL,
+                                    positions_BxM, deterministic)
+    if self.cfg.generator_baseline_head:
+      self.generator_logits_and_baseline(input_ids_BxL, input_mask_BxL, segment_ids_BxL,
+                                         positions_BxM, deterministic)
     return gen, disc
 
 
