@@ -75,6 +75,9 @@ def get_config(arg=None):
       # masked: the generator's LM head only at the masked positions (official);
       # full: at every position (for benchmarks / the All-Tokens MLM ablation).
       generator_head='masked',
+      # Extra heads some objective variants need (electra_jax/objective_variants.py).
+      discriminator_mlm_head=arg.objective in ('replace_mlm', 'all_tokens_mlm'),
+      generator_baseline_head=arg.objective == 'adversarial',
   ))
 
   c.tokens = ml_collections.ConfigDict(
@@ -94,6 +97,8 @@ def get_config(arg=None):
       disallow_correct=False,
       gen_weight=1.0,
       disc_weight=50.0,
+      # two_stage only: generator-only MLM steps before the discriminator starts.
+      stage_steps=0,
   ))
 
   c.optimizer = ml_collections.ConfigDict(dict(
