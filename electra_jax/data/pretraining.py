@@ -351,6 +351,8 @@ class _ShardWriter:
     self.num_single_segment = 0
 
   def write(self, flat: np.ndarray, lengths: np.ndarray, len_a: np.ndarray) -> None:
+    if len(lengths) == 0:
+      return
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     pos_in_example = np.arange(len(flat)) - np.repeat(starts, lengths)
     seg = (pos_in_example >= np.repeat(len_a, lengths)).astype('<i4')
