@@ -216,6 +216,13 @@ def test_task_attributes():
   assert registry.get_task('cola').main_metric == 'mcc'
   with pytest.raises(ValueError, match="unknown task 'nope'"):
     registry.get_task('nope')
+  # Overrides give a copy; the shared table is untouched.
+  assert registry.get_task('rte', epochs=2).epochs == 2 and registry.get_task('rte').epochs == 10
+  with pytest.raises(ValueError, match=r"rte: unknown task settings \['doc_stride'\]"):
+    registry.get_task('rte', doc_stride=3)
+  with pytest.raises(ValueError, match=r'rte example t-0: label 2 not in 0..1'):
+    registry.get_task('rte').featurize([glue.PairExample('t-0', 0, 'a', 'b', 2)],
+                                       FakeTokenizer(), 8, train=False)
 
 
 # --------------------------------------------------------------------------- metrics, writer

@@ -18,9 +18,11 @@ log = logging.getLogger(__name__)
 class Tokenizer(Protocol):
   """What the tasks need from a tokenizer (electra_jax.data.tokenizer.WordPieceTokenizer).
 
-  `encode(text)` returns sub-token ids without special tokens. SQuAD post-processing can
-  also use an optional `id_to_token(i) -> str` (or `convert_ids_to_tokens(ids)`) to cut
-  answers inside a whitespace word; without it answers snap to whole words.
+  `encode(text)` returns sub-token ids without special tokens; an optional
+  `encode_batch(texts)` is used for speed. SQuAD post-processing can also use sub-token
+  strings (`tokens` list indexed by id, or `id_to_token(i)`, or `convert_ids_to_tokens`)
+  to cut answers inside a whitespace word; without them answers snap to whole words.
+  An optional `lowercase` attribute (default True) guides that answer projection.
   """
   cls_id: int
   sep_id: int
@@ -48,6 +50,15 @@ class Features:
 
   def __len__(self) -> int:
     return len(next(iter(self.arrays.values())))
+
+
+def encode_many(tokenizer: Tokenizer, texts) -> dict[str, list[int]]:
+  """text -> ids for the distinct `texts`, with the tokenizer's `encode_batch` when it has
+  one (multi-threaded), else `encode` one by one."""
+  unique = list(dict.fromkeys(texts))
+  if hasattr(tokenizer, 'encode_batch'):
+    return dict(zip(unique, tokenizer.encode_batch(unique)))
+  return {t: tokenizer.encode(t) for t in unique}
 
 
 def truncate_seq_pair(tokens_a: list, tokens_b: list, max_length: int) -> bool:

@@ -137,16 +137,14 @@ class ChunkingTask:
     del train  # Same features for training and evaluation.
     label_ids = {t: i for i, t in enumerate(self.label_list)}
     unk = getattr(tokenizer, 'unk_id', None)
-    cache: dict[str, list[int]] = {}
+    cache = base.encode_many(tokenizer, (w for ex in examples for w in ex.words))
     rows, meta, num_truncated = [], [], 0
     for e_index, ex in enumerate(examples):
       tags = to_bioes(ex.tags) if self.label_encoding == 'BIOES' else list(ex.tags)
       ids, labels, weights, starts = [tokenizer.cls_id], [0], [0], []
       truncated = False
       for word, tag in zip(ex.words, tags):
-        if word not in cache:
-          cache[word] = tokenizer.encode(word) or ([unk] if unk is not None else [])
-        pieces = cache[word]
+        pieces = cache[word] or ([unk] if unk is not None else [])
         if truncated or not pieces or len(ids) + len(pieces) > max_seq_length - 1:
           truncated = truncated or bool(pieces)
           starts.append(-1)

@@ -198,20 +198,20 @@ class GlueTask:
     if double_unordered is None:
       double_unordered = self.double_unordered
     rows, num_truncated = [], 0
-    cache: dict[str, list[int]] = {}
-
-    def enc(text):
-      if text not in cache:
-        cache[text] = tokenizer.encode(text)
-      return cache[text]
-
+    ids_of = base.encode_many(tokenizer, [t for ex in examples for t in (ex.text_a, ex.text_b)
+                                          if t is not None])
     for i, ex in enumerate(examples):
+      if self.kind == 'classification' and ex.label is not None and \
+          not 0 <= ex.label < self.num_labels:
+        raise ValueError(f'{self.name} example {ex.guid}: label {ex.label!r} not in '
+                         f'0..{self.num_labels - 1} ({list(self.label_list)})')
       pairs = [(ex.text_a, ex.text_b)]
       if train and double_unordered and ex.text_b is not None:
         pairs.append((ex.text_b, ex.text_a))
       for text_a, text_b in pairs:
         ids, mask, seg, truncated = base.pack_pair(
-            enc(text_a), enc(text_b) if text_b is not None else None, tokenizer, max_seq_length)
+            ids_of[text_a], ids_of[text_b] if text_b is not None else None, tokenizer,
+            max_seq_length)
         num_truncated += truncated
         label = -1 if ex.label is None else ex.label
         rows.append(dict(input_ids=ids, input_mask=mask, segment_ids=seg, label=label,

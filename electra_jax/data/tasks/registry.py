@@ -19,6 +19,8 @@ See glue.py / squad.py / chunking.py for the shapes of `predictions` per kind.
 
 from __future__ import annotations
 
+import dataclasses
+
 from electra_jax.data.tasks import glue
 
 _ALIASES = {'sst': 'sst2', 'sts': 'stsb', 'squadv1': 'squad1', 'squad11': 'squad1',
@@ -37,16 +39,25 @@ def task_names() -> tuple[str, ...]:
   return tuple(glue.GLUE_TASKS) + ('squad1', 'squad2', 'chunk')
 
 
-def get_task(name: str):
-  """Task object for `name` (case, '-', '_' and '.' ignored: 'SST-2', 'sts_b', 'SQuAD1.1')."""
+def get_task(name: str, **overrides):
+  """A fresh task object for `name` (case, '-', '_' and '.' ignored: 'SST-2', 'sts_b',
+  'SQuAD1.1'), with dataclass fields replaced by `overrides` (e.g. doc_stride=128,
+  n_best_size=20, max_answer_length=30 for SQuAD; epochs=... for any task)."""
   key = _normalise(name)
   if key in glue.GLUE_TASKS:
-    return glue.GLUE_TASKS[key]
+    task = glue.GLUE_TASKS[key]
   # SQuAD and chunking import lazily so GLUE users never pay for them.
-  if key in ('squad1', 'squad2'):
+  elif key in ('squad1', 'squad2'):
     from electra_jax.data.tasks import squad
-    return squad.SquadTask(version=int(key[-1]))
-  if key == 'chunk':
+    task = squad.SquadTask(version=int(key[-1]))
+  elif key == 'chunk':
     from electra_jax.data.tasks import chunking
-    return chunking.ChunkingTask()
-  raise ValueError(f'unknown task {name!r}, expected one of {task_names()}')
+    task = chunking.ChunkingTask()
+  else:
+    raise ValueError(f'unknown task {name!r}, expected one of {task_names()}')
+  fields = {f.name for f in dataclasses.fields(task)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f'{task.name}: unknown task settings {unknown}, expected some of '
+                     f'{sorted(fields)}')
+  return dataclasses.replace(task, **overrides)  # A copy: callers may not mutate the table.

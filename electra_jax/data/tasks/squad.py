@@ -191,6 +191,8 @@ def _improve_answer_span(doc_ids: Sequence[int], start: int, end: int,
 
 
 def _token_strings(tokenizer, ids: Sequence[int]) -> list[str] | None:
+  if isinstance(getattr(tokenizer, 'tokens', None), (list, tuple)):
+    return [tokenizer.tokens[int(i)] for i in ids]
   if hasattr(tokenizer, 'id_to_token'):
     return [tokenizer.id_to_token(int(i)) for i in ids]
   if hasattr(tokenizer, 'convert_ids_to_tokens'):
@@ -349,7 +351,9 @@ class SquadTask:
     In training, answerable examples whose answer text is not recoverable are skipped
     (as the official code does). num_truncated counts questions cut to max_query_length.
     """
-    word_cache: dict[str, list[int]] = {}
+    docs = {id(ex.doc_tokens): ex.doc_tokens for ex in examples}.values()  # Shared per context.
+    word_cache = base.encode_many(tokenizer, (w for doc in docs for w in doc))
+    query_ids = base.encode_many(tokenizer, (ex.question_text for ex in examples))
     doc_cache: dict[int, tuple] = {}
     rows, meta, kept = [], [], []
     num_truncated = skipped = multi_window = 0
@@ -360,7 +364,7 @@ class SquadTask:
         continue
       ex_index = len(kept)
       kept.append(ex)
-      query = tokenizer.encode(ex.question_text)
+      query = list(query_ids[ex.question_text])
       if len(query) > self.max_query_length:
         num_truncated += 1
         query = query[:self.max_query_length]
@@ -369,8 +373,6 @@ class SquadTask:
         tok_to_orig, orig_to_tok, doc_ids = [], [], []
         for i, word in enumerate(ex.doc_tokens):
           orig_to_tok.append(len(doc_ids))
-          if word not in word_cache:
-            word_cache[word] = tokenizer.encode(word)
           for t in word_cache[word]:
             tok_to_orig.append(i)
             doc_ids.append(t)
