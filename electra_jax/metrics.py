@@ -118,7 +118,7 @@ def get_chunks(tags: Sequence[str]) -> list[tuple[str, int, int]]:
   chunks = []
   cur_type, cur_start = None, None
   for i, tag in enumerate(list(tags) + ['O']):
-    if tag == 'O' or tag == '.':
+    if tag == 'O':
       prefix, ctype = 'O', None
     elif len(tag) > 2 and tag[1] == '-' and tag[0] in 'BIES':
       prefix, ctype = tag[0], tag[2:]
