@@ -191,6 +191,35 @@ def squad_f1(gold: str, pred: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
+def squad_v1_evaluate(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, str]
+                      ) -> dict[str, float]:
+  """The official evaluate-v1.1.py: EM / F1 (percent) max over gold answers.
+
+  Differs from v2.0 only for gold answers that normalise to '' (e.g. 'The'): v1.1 keeps
+  them and its F1 is 0 whenever no token is shared, even for two empty answers. Returns
+  {'exact' (the script's 'exact_match'), 'f1', 'total'}; a missing prediction is an error.
+  """
+  def f1(gold, pred):
+    g, p = normalize_answer(gold).split(), normalize_answer(pred).split()
+    same = sum((collections.Counter(p) & collections.Counter(g)).values())
+    if same == 0:
+      return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+  exact = f1_sum = 0.0
+  for qid, answers in gold_answers.items():
+    if qid not in preds:
+      raise ValueError(f'missing prediction for question id {qid!r}')
+    if not answers:
+      raise ValueError(f'question {qid!r} has no gold answer (SQuAD 1.1 needs one)')
+    pred = preds[qid]
+    exact += max(float(normalize_answer(pred) == normalize_answer(a)) for a in answers)
+    f1_sum += max(f1(a, pred) for a in answers)
+  n = len(gold_answers)
+  return {'exact': 100.0 * exact / n, 'f1': 100.0 * f1_sum / n, 'total': float(n)}
+
+
 def squad_raw_scores(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, str]
                      ) -> tuple[dict[str, float], dict[str, float]]:
   """Per-question EM and F1 (0/1 and [0,1]), max over gold answers.
@@ -245,7 +274,7 @@ def find_best_thresh(preds: Mapping[str, str], scores: Mapping[str, float],
 def squad_evaluate(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, str],
                    na_probs: Mapping[str, float] | None = None,
                    na_prob_thresh: float = 1.0) -> dict[str, float]:
-  """Official SQuAD evaluation (v1.1 when na_probs is None and all questions have answers).
+  """The official evaluate-v2.0.py (use squad_v1_evaluate for SQuAD 1.1).
 
   Returns percentages: 'exact', 'f1', 'total', 'HasAns_exact'/'HasAns_f1'/'HasAns_total',
   'NoAns_*' when unanswerable questions exist, and with `na_probs` also 'best_exact',

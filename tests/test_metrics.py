@@ -112,3 +112,17 @@ def test_squad_v2_unanswerable_and_best_threshold():
   assert r2['f1'] == pytest.approx(r['best_f1'])
   # An empty prediction on an unanswerable question is right.
   assert metrics.squad_evaluate({'q': []}, {'q': ''})['exact'] == 100.0
+
+
+def test_squad_v1_script_semantics():
+  gold = {'q1': ['Denver Broncos', 'The Broncos'], 'q2': ['1,000 feet', 'one thousand feet']}
+  preds = {'q1': 'broncos', 'q2': '1000 feet tall'}
+  r = metrics.squad_v1_evaluate(gold, preds)
+  assert r == {'exact': 50.0, 'f1': pytest.approx(100 * 1.8 / 2), 'total': 2.0}
+  # A gold answer that normalises to '': v1.1 gives EM 1 but F1 0 to an empty prediction
+  # (no shared token); v2.0 drops that gold answer and scores '' vs '' as 1.
+  assert metrics.squad_v1_evaluate({'q': ['The']}, {'q': ''}) == {'exact': 100.0, 'f1': 0.0,
+                                                                   'total': 1.0}
+  assert metrics.squad_evaluate({'q': ['The']}, {'q': ''})['f1'] == 100.0
+  with pytest.raises(ValueError, match="'q' has no gold answer"):
+    metrics.squad_v1_evaluate({'q': []}, {'q': ''})

@@ -33,7 +33,8 @@ def _write(path, lines, bom=False):
 # --------------------------------------------------------------------------- real files
 
 _COUNTS = [('cola', 'train', 8551), ('cola', 'dev', 1043), ('cola', 'test', 1063),
-           ('sst2', 'dev', 872), ('sst2', 'test', 1821), ('mrpc', 'train', 3668),
+           ('sst2', 'train', 67349), ('sst2', 'dev', 872), ('sst2', 'test', 1821),
+           ('mrpc', 'train', 3668),
            ('mrpc', 'dev', 408), ('mrpc', 'test', 1725), ('stsb', 'train', 5749),
            ('stsb', 'dev', 1500), ('stsb', 'test', 1379), ('rte', 'train', 2490),
            ('rte', 'dev', 277), ('rte', 'test', 3000), ('wnli', 'train', 635),

@@ -520,10 +520,13 @@ class SquadTask:
                       ) -> dict[str, float]:
     """predictions: {'start_logits': [N, L], 'end_logits': [N, L], optional
     'answerable_logits': [N]} for the N windows of `features`. Returns the official
-    exact/f1 (percent); v2 adds best_exact/best_f1 and their thresholds (main: best_f1)."""
+    exact/f1 (percent; v1.1 or v2.0 script); v2 adds HasAns_*/NoAns_* and
+    best_exact/best_f1 with their thresholds chosen on this set (main: best_f1)."""
     preds, na_scores, _ = self.postprocess(features, predictions['start_logits'],
                                            predictions['end_logits'],
                                            predictions.get('answerable_logits'))
     gold = {ex.qas_id: ([] if ex.is_impossible else list(ex.answers))
             for ex in features.examples}
-    return metrics.squad_evaluate(gold, preds, na_scores if self.version == 2 else None)
+    if self.version == 1:
+      return metrics.squad_v1_evaluate(gold, preds)
+    return metrics.squad_evaluate(gold, preds, na_scores)
