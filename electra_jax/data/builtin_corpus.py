@@ -39,6 +39,11 @@ _SKIP_TOP = {
 }
 
 
+def default_cache_dir() -> Path:
+  """$ELECTRA_JAX_CACHE, else ~/.cache/electra_jax: where builtin corpus, vocab and shards go."""
+  return Path(os.environ.get('ELECTRA_JAX_CACHE') or Path.home() / '.cache' / 'electra_jax')
+
+
 def _paragraphs(doc: str) -> list[str]:
   """Splits a cleaned docstring into paragraphs, each joined onto one line."""
   paras, cur = [], []

@@ -228,7 +228,7 @@ def _source_fingerprint(source: str, tfds_data_dir: str, cache_root: Path) -> An
 
 
 def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eval_batch_size: int,
-                          seed: int, cache_root: str | os.PathLike) -> PretrainingData:
+                          seed: int, cache_root: str | os.PathLike | None) -> PretrainingData:
   """Builds (once) or reuses the shards for `data_config` and returns the loaders.
 
   data_config keys: source, vocab ('builtin' or a vocab.txt path), lowercase, eval_fraction,
@@ -237,11 +237,19 @@ def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eva
   seed, eval_fraction)>; num_shards/num_workers are not in the key since they do not change
   the examples or their order. A build goes to a temporary directory that is renamed into
   place when complete, so an interrupted build never leaves a half cache. Each host builds
-  a missing cache itself (the rename makes concurrent builds safe).
+  a missing cache itself (the rename makes concurrent builds safe). cache_root None means
+  $ELECTRA_JAX_CACHE or ~/.cache/electra_jax.
   """
   missing = [k for k in _REQUIRED_KEYS if k not in data_config]
   if missing:
     raise ValueError(f'data config lacks keys {missing}; expected {list(_REQUIRED_KEYS)}')
+  for k in ('source', 'vocab'):
+    if not str(data_config[k]).strip():
+      raise ValueError(f"data.{k} is empty; set --config.data.{k} (e.g. 'builtin:python-docs' / "
+                       "'builtin', a file glob, or a vocab.txt path)")
+  if cache_root is None:  # the runtime passes None when the user gave no cache directory
+    from electra_jax.data import builtin_corpus
+    cache_root = builtin_corpus.default_cache_dir()
   cache_root = Path(cache_root)
   cache_root.mkdir(parents=True, exist_ok=True)
   tfds_data_dir = str(data_config['tfds_data_dir']) if 'tfds_data_dir' in data_config else ''

@@ -203,7 +203,7 @@ def resolve_source(source: str, tfds_data_dir: str = '', cache_dir: str | None =
     from electra_jax.data import builtin_corpus
     if source != builtin_corpus.BUILTIN_SOURCE:
       raise ValueError(f'unknown builtin source {source!r}; expected {builtin_corpus.BUILTIN_SOURCE!r}')
-    cache = Path(cache_dir or Path.home() / '.cache' / 'electra_jax') / 'python_docs'
+    cache = Path(cache_dir or builtin_corpus.default_cache_dir()) / 'python_docs'
     files = [str(p) for p in builtin_corpus.write_builtin_corpus(cache)]
   else:
     files = tok_lib.expand_inputs([s for s in source.split(',') if s])
@@ -482,6 +482,13 @@ def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length
   return meta
 
 
+def make_pretraining_data(data_config, seq_len, global_batch_size, eval_batch_size, seed, cache_root):
+  """The training runtime's entry; see electra_jax.data.loader.make_pretraining_data."""
+  from electra_jax.data import loader  # lazy: loader imports this module
+  return loader.make_pretraining_data(data_config, seq_len, global_batch_size, eval_batch_size,
+                                      seed, cache_root)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   p = argparse.ArgumentParser(description='Build ELECTRA pre-training shards from text or TFDS.')
   p.add_argument('--input', required=True,
@@ -501,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     if args.vocab == 'builtin':
       from electra_jax.data import builtin_corpus
-      cache = args.cache_dir or str(Path.home() / '.cache' / 'electra_jax')
+      cache = args.cache_dir or builtin_corpus.default_cache_dir()
       vocab = builtin_corpus.builtin_vocab(cache)
     else:
       vocab = args.vocab
