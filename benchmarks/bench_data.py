@@ -7,7 +7,9 @@ r"""Input-pipeline speed: example builder tokens/s and loader batches/s.
 Builder: `electra_jax.data.pretraining.build_pretraining_data` on the corpus (default:
 ../shared/data/corpus/enwiki-2015-wikiextractor-sample, else builtin:python-docs), wall time of
 the whole build (reading, tokenizing, packing, writing shards). tokens/s counts the WordPiece
-tokens the tokenizer produced from the text (before packing/truncation).
+tokens the tokenizer produced from the text (before packing/truncation). The CPU time of the
+build (this process + its workers) is printed too: on a shared machine the wall-clock rate
+depends on other load, tokens per CPU-second much less.
 
 Loader: `PretrainingLoader` over the shards just built, batch 128 x 128 (one host): load time,
 then batches/s over `--loader_batches` batches. Against a train step: `--step_seconds S` (a step
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,6 +39,12 @@ from electra_jax.data import tokenizer as tok_lib  # noqa: E402
 SHARED = REPO.parent / 'shared' / 'data'
 ENWIKI = SHARED / 'corpus' / 'enwiki-2015-wikiextractor-sample'
 BERT_VOCAB = SHARED / 'vocab' / 'bert-base-uncased-vocab.txt'
+
+
+def _cpu_seconds() -> float:
+  """User+system CPU of this process and its finished children (the builder's workers)."""
+  me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def measure_step(batch: int, seq_len: int) -> float:
@@ -71,11 +80,14 @@ def main() -> None:
       vocab = args.vocab
     tok = tok_lib.WordPieceTokenizer.from_vocab(vocab)
     out = Path(tmp) / 'shards'
+    load_avg = os.getloadavg()[0]
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     meta = pretraining.build_pretraining_data(
         args.input, tok, out, max_seq_length=args.max_seq_length, num_shards=args.num_shards,
         num_workers=args.num_workers, seed=0, progress=False)
     build_s = time.perf_counter() - t0
+    build_cpu = _cpu_seconds() - cpu0
     tokens_per_s = meta['num_text_tokens'] / build_s
 
     t0 = time.perf_counter()
@@ -100,11 +112,13 @@ def main() -> None:
       ('examples written', f'{meta["num_examples"]:,} ({meta["num_tokens"]:,} tokens incl. specials)'),
       ('build wall time', f'{build_s:.1f} s'),
       ('builder tokens/s', f'{tokens_per_s / 1e6:.2f} M  (goal >= 1.00 M)'),
+      ('builder CPU time', f'{build_cpu:.1f} s  ({meta["num_text_tokens"] / build_cpu / 1e6:.2f} M tokens per '
+                           f'CPU-second; 1-min load average at start {load_avg:.1f} on {os.cpu_count()} cores)'),
       ('loader load time', f'{load_s:.2f} s for {ld.num_examples:,} examples'),
       (f'loader batches/s ({args.batch}x{args.max_seq_length})', f'{batches_per_s:,.0f}'),
   ]
   result = {'input': args.input, 'num_workers': args.num_workers, 'text_tokens': meta['num_text_tokens'],
-            'build_s': build_s, 'tokens_per_s': tokens_per_s, 'loader_batches_per_s': batches_per_s,
+            'build_s': build_s, 'build_cpu_s': build_cpu, 'load_avg': load_avg, 'tokens_per_s': tokens_per_s, 'loader_batches_per_s': batches_per_s,
             'batch': args.batch, 'seq_len': args.max_seq_length}
   if step_s:
     ratio = batches_per_s * step_s

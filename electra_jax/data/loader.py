@@ -183,6 +183,10 @@ class PretrainingLoader:
     }
 
   # ------------------------------------------------------------------ state
+  def reset(self) -> None:
+    """Back to the first batch (e.g. to run the same eval pass again)."""
+    self._step = 0
+
   def get_state(self) -> dict[str, int]:
     """The position as plain ints (JSON-able); pass to set_state on a fresh loader to resume."""
     return {'version': _STATE_VERSION, 'step': self._step, 'seed': self.seed,

@@ -169,8 +169,10 @@ def _file_units(files: Sequence[str]) -> list[tuple]:
     with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
       start, line = 0, 1
       while start < size:
-        end = size if size - start <= UNIT_BYTES else data.find(b'\n\n', start + UNIT_BYTES)
-        end = size if end < 0 else min(size, end + 2)  # no blank line left: the rest is one document
+        end = size
+        if size - start > UNIT_BYTES:  # cut after the next blank line (LF or CRLF files)
+          cuts = [(i, i + len(m)) for m in (b'\n\n', b'\n\r\n') if (i := data.find(m, start + UNIT_BYTES)) >= 0]
+          end = min(cuts)[1] if cuts else size  # no blank line left: the rest is one document
         units.append(('file', path, start, end, line))
         line += data[start:end].count(b'\n')
         start = end

@@ -77,7 +77,7 @@ class WordPieceTokenizer:
     self.name = str(name)
     vocab: dict[str, int] = {}
     for i, tok in enumerate(self.tokens):
-      vocab.setdefault(tok, i)  # BERT's load_vocab keeps the last id; duplicates are a broken vocab anyway
+      vocab[tok] = i  # a duplicated line keeps its last id, as in BERT's load_vocab
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
       raise ValueError(f'vocab {self.name} lacks special tokens {missing}; '
