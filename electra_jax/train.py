@@ -1,17 +1,25 @@
 """Train state and the jitted, sharded pre-training step.
 
     state = create_train_state(config, model, tx, mesh, rng)
-    step = make_train_step(config, model, tx, mesh, state_shardings)
+    step = make_train_step(config, model, tx, schedule, mesh, shardings)
     state, metrics = step(state, batch, rng)
 
 `rng` is the run's base key; each step folds in `state.step` and splits it
 into named keys (mask, sample, dropout), so a resumed run draws exactly what
 an uninterrupted one would.
+
+The pre-training loop, `train_and_evaluate(config, workdir)`, is at the end:
+data -> resume (or init) -> steps with async checkpoints, logs and periodic
+evaluation -> export of the discriminator and generator params.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import pathlib
+import signal
+import time
 from typing import Any
 
 import flax
@@ -19,9 +27,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
+from tqdm import tqdm
 
+from electra_jax import checkpoint
+from electra_jax import metrics_log
 from electra_jax import objectives
 from electra_jax import optim
+from electra_jax import plot
+from electra_jax import pretrain_eval
 from electra_jax import sharding
 from electra_jax.models import electra
 
@@ -55,6 +69,16 @@ def _init_boxed(model, tx, seq_len: int, max_predictions: int, rng):
   params = variables['params']
   return TrainState(step=jnp.zeros([], jnp.int32), params=params,
                     opt_state=tx.init(params))
+
+
+def abstract_train_state(config, model, tx, mesh):
+  """The TrainState as ShapeDtypeStructs carrying their NamedShardings (restore target)."""
+  shardings = state_shardings(config, model, tx, mesh)
+  init = functools.partial(_init_boxed, model, tx, config.train.seq_len,
+                           config.objective.max_predictions_per_seq)
+  shapes = jax.eval_shape(lambda r: nn.meta.unbox(init(r)), jax.random.key(0))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)
 
 
 def state_shardings(config, model, tx, mesh):
@@ -142,3 +166,285 @@ def make_eval_step(config, model, mesh, shardings):
   repl = sharding.replicated(mesh)
   return jax.jit(fn, in_shardings=(shardings.params, batch_sh, repl, repl),
                  out_shardings=(repl, batch_sh))
+
+
+# ----------------------------------------------------------------------------- the loop
+#
+# train_and_evaluate(config, workdir) is the program researchers run for days:
+# data -> (resume | init) -> steps with async checkpoints, logs and evals ->
+# export. Everything it needs comes from `config`; it never reads defaults.
+
+EVAL_RNG_SALT = 0x5EED  # eval key = fold_in(key(seed), salt): fixed, so evals are comparable
+
+
+class NonFiniteError(FloatingPointError):
+  """Raised (nan_policy='stop') when a step's loss or gradient norm is NaN/Inf."""
+
+
+class _Preemption:
+  """Turns SIGTERM/SIGINT into a flag the loop polls between steps."""
+
+  def __init__(self):
+    self.signal = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def prepare_workdir(workdir) -> pathlib.Path:
+  workdir = pathlib.Path(workdir).expanduser()
+  parent = workdir.absolute().parent
+  if not parent.is_dir():
+    raise FileNotFoundError(f'workdir parent {parent} does not exist; create it first or pass '
+                            'another --workdir')
+  workdir.mkdir(exist_ok=True)
+  return workdir
+
+
+def check_vocab(config, tokenizer, where: str = '') -> None:
+  """config.model.vocab_size and config.tokens.* must match the data's vocabulary."""
+  where = f' ({where})' if where else ''
+  if config.model.vocab_size != tokenizer.vocab_size:
+    raise ValueError(f'vocab mismatch: config.model.vocab_size={config.model.vocab_size} but the '
+                     f'vocabulary{where} has {tokenizer.vocab_size} tokens; set '
+                     f'--config.model.vocab_size={tokenizer.vocab_size} or use the matching vocab')
+  for name in ('pad_id', 'unk_id', 'cls_id', 'sep_id', 'mask_id'):
+    want, got = config.tokens[name], getattr(tokenizer, name)
+    if want != got:
+      raise ValueError(f'vocab mismatch: config.tokens.{name}={want} but the vocabulary{where} has '
+                       f'it at id {got}; set --config.tokens.{name}={got} or use the matching vocab')
+
+
+def check_train_config(config, mesh) -> None:
+  t = config.train
+  if t.nan_policy not in ('stop', 'skip'):
+    raise ValueError(f"train.nan_policy={t.nan_policy!r}; expected 'stop' or 'skip'")
+  for name in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
+               'batch_size', 'eval_batch_size'):
+    if t[name] < 1:
+      raise ValueError(f'train.{name}={t[name]}; expected >= 1')
+  if t.eval_batches < 0:
+    raise ValueError(f'train.eval_batches={t.eval_batches}; expected >= 0')
+  shards = mesh.shape['data'] * mesh.shape['fsdp']
+  for name in ('batch_size', 'eval_batch_size'):
+    if t[name] % shards or t[name] % jax.process_count():
+      raise ValueError(f'train.{name}={t[name]} must divide over the {shards} batch shards of the '
+                       f'mesh and the {jax.process_count()} hosts; expected a multiple of {shards}')
+
+
+def load_data(config, cache_dir=None):
+  """The run's PretrainingData (train/eval loaders, tokenizer); see electra_jax.data.pretraining."""
+  from electra_jax.data import loader  # pylint: disable=g-import-not-at-top
+  cache_dir = cache_dir or pathlib.Path.home() / '.cache' / 'electra_jax'
+  return loader.make_pretraining_data(
+      config.data, config.train.seq_len, config.train.batch_size, config.train.eval_batch_size,
+      config.seed, cache_dir)
+
+
+def _write_config(config, workdir) -> None:
+  path = workdir / 'config.json'
+  new = json.loads(config.to_json())
+  if path.exists():
+    old = json.loads(path.read_text())
+    flat = lambda d, p='': ({f'{p}{k}': v for k0, v0 in d.items()  # noqa: E731
+                             for k, v in flat(v0, f'{k0}.').items()} if isinstance(d, dict)
+                            else {p[:-1]: d})
+    changed = sorted(k for k in set(flat(old)) | set(flat(new))
+                     if flat(old).get(k) != flat(new).get(k))
+    if changed:
+      logging.warning('config differs from the previous run in this workdir: %s', changed)
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(new, indent=1, sort_keys=True) + '\n')
+
+
+def export(workdir, config, params, step: int, tokenizer=None) -> pathlib.Path:
+  """Writes workdir/export/ (discriminator + generator params, model_config.json, vocab.txt)."""
+  sharing = config.model.sharing
+  towers = {'discriminator': electra.discriminator_params(params, sharing),
+            'generator': electra.generator_params(params, sharing)}
+  model_config = {'model': config.model.to_dict(), 'tokens': config.tokens.to_dict(),
+                  'step': int(step), 'lowercase': bool(config.data.lowercase),
+                  'vocab_hash': getattr(tokenizer, 'vocab_hash', None)}
+  out = workdir / checkpoint.EXPORT_DIR
+  checkpoint.export_params(out, towers, model_config,
+                           list(tokenizer.tokens) if tokenizer is not None else None)
+  return out
+
+
+def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = False,
+                       progress: bool = True) -> dict:
+  """Pre-trains (or resumes) in `workdir`; returns a summary dict (step, last metrics, paths).
+
+  Raises NonFiniteError (nan_policy='stop') naming the step, ValueError /
+  FileNotFoundError for bad configs, data or workdirs. On SIGTERM/SIGINT it saves
+  a checkpoint and returns with summary['preempted'] set.
+  """
+
+  workdir = prepare_workdir(workdir)
+  t = config.train
+  mesh = sharding.make_mesh(config.mesh)
+  check_train_config(config, mesh)
+  model = build_model(config)  # validates config.model before the (slow) data build
+  obj_cfg = objectives.ObjectiveConfig.from_config(config)
+  data = load_data(config, cache_dir)
+  check_vocab(config, data.tokenizer, str(getattr(data, 'data_dir', '')))
+  _write_config(config, workdir)
+
+  tx, schedule = build_optimizer(config)
+  abstract = abstract_train_state(config, model, tx, mesh)
+  ckpt = checkpoint.Checkpointer(workdir, t.keep_checkpoints, abstract)
+  init_rng, rng = jax.random.split(jax.random.key(config.seed))
+  restored = ckpt.restore_latest()
+  if restored is not None:
+    saved_hash = restored.meta.get('vocab_hash')
+    if saved_hash and saved_hash != data.tokenizer.vocab_hash:
+      raise ValueError(f'vocab mismatch: the checkpoints in {workdir} were trained with vocab '
+                       f'{saved_hash} but the data now uses {data.tokenizer.vocab_hash}')
+    state, rng, start = restored.state, restored.rng, restored.step
+    data.train.set_state(restored.loader_state)
+    logging.info('resumed from step %d in %s', start, ckpt.directory)
+    _print(f'Resumed from the checkpoint at step {start} in {ckpt.directory}')
+  else:
+    state, _ = create_train_state(config, model, tx, mesh, init_rng)
+    start = 0
+  extra_meta = {'vocab_hash': data.tokenizer.vocab_hash}
+
+  if export_only:
+    ckpt.close()
+    out = export(workdir, config, state.params, start, data.tokenizer)
+    return {'step': start, 'export_dir': str(out), 'preempted': None}
+
+  train_step = make_train_step(config, model, tx, schedule, mesh, abstract_shardings(abstract))
+  eval_step = make_eval_step(config, model, mesh, abstract_shardings(abstract))
+  eval_rng = jax.random.fold_in(jax.random.key(config.seed), EVAL_RNG_SALT)
+  eval_batches = _take(data.eval, t.eval_batches) if t.eval_batches and data.eval else []
+  if t.eval_batches and not eval_batches:
+    logging.warning('no held-out data (data.eval_fraction=%s); periodic evaluation is off',
+                    config.data.eval_fraction)
+  writer = metrics_log.MetricsWriter(workdir)
+  tokens_per_batch = t.batch_size * t.seq_len
+  summary = {'step': start, 'train': {}, 'eval': {}, 'preempted': None, 'skipped_steps': 0,
+             'workdir': str(workdir)}
+
+  def run_eval(step):
+    m = pretrain_eval.evaluate(eval_step, state.params, eval_batches, eval_rng, step, mesh,
+                               obj_cfg)
+    writer.write(step, m, split='eval')
+    summary['eval'] = m
+    _print(f'eval  step {step:>7}: ' + _fmt(m, ('eval_loss', 'eval_gen_accuracy',
+                                                  'eval_disc_accuracy', 'eval_disc_precision',
+                                                  'eval_disc_recall', 'eval_disc_auc')))
+
+  clock = {'time': time.perf_counter(), 'step': start}
+  bar = tqdm(total=t.num_steps, initial=start, unit='step', dynamic_ncols=True, smoothing=0.1,
+             disable=not progress or jax.process_index() != 0, mininterval=1.0)
+
+  def handle(step, metrics):
+    """Fetches step's metrics (the step has been followed by another dispatch) and logs."""
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if m['finite'] == 0:
+      if t.nan_policy == 'stop':
+        good = ckpt.all_steps()
+        raise NonFiniteError(
+            f'non-finite loss or gradient at step {step} (loss={m["loss"]}, grad_norm='
+            f'{m["grad_norm"]}); stopping (train.nan_policy=stop). The last good checkpoint is '
+            + (f'step {good[-1]} in {ckpt.directory}' if good else 'none (no checkpoint yet)'))
+      summary['skipped_steps'] += 1
+      logging.warning('step %d: non-finite loss or gradient; update skipped', step)
+    if step % t.log_every == 0 or step == t.num_steps:
+      now = time.perf_counter()
+      dt = max(now - clock['time'], 1e-9)
+      steps = step - clock['step']
+      m.update(seq_per_s=steps * t.batch_size / dt, tokens_per_s=steps * tokens_per_batch / dt,
+               steps_per_s=steps / dt, skipped_steps=summary['skipped_steps'])
+      clock.update(time=now, step=step)
+      writer.write(step, m)
+      summary['train'] = m
+      bar.set_postfix(loss=f'{m["loss"]:.3f}', tok_s=f'{m["tokens_per_s"]:.0f}', refresh=False)
+      _print(f'train step {step:>7}: ' + _fmt(m, ('loss', 'gen_loss', 'disc_loss', 'gen_accuracy',
+                                                  'disc_accuracy', 'learning_rate', 'seq_per_s')),
+             bar)
+
+  train_iter = iter(data.train)
+  step = start
+  pending = None
+  try:
+    with _Preemption() as preempt:
+      while step < t.num_steps and preempt.signal is None:
+        batch = sharding.global_batch(next(train_iter), mesh)
+        state, metrics = train_step(state, batch, rng)
+        step += 1
+        if pending is not None:
+          handle(*pending)  # step - 1: fetched after step was dispatched
+        pending = (step, metrics)
+        bar.update(1)
+        ckpt_due = step % t.checkpoint_every == 0 or step == t.num_steps
+        eval_due = bool(eval_batches) and (step % t.eval_every == 0 or step == t.num_steps)
+        if ckpt_due or eval_due or preempt.signal is not None:
+          handle(*pending)  # never save a state whose step was not checked
+          pending = None
+        if ckpt_due or preempt.signal is not None:
+          ckpt.save(step, state, data.train.get_state(), rng, extra_meta)
+        if eval_due:
+          run_eval(step)
+        if ckpt_due or eval_due:
+          clock.update(time=time.perf_counter(), step=step)  # keep evals out of seq_per_s
+      if pending is not None:
+        handle(*pending)
+      summary['preempted'] = preempt.signal
+  finally:
+    bar.close()
+    ckpt.close()  # waits for the async saves in flight
+    writer.close()
+  summary['step'] = step
+  if summary['preempted']:
+    _print(f'{summary["preempted"]}: saved a checkpoint at step {step} in {ckpt.directory}; '
+           'run the same command again to resume')
+    return summary
+  summary['export_dir'] = str(export(workdir, config, state.params, step, data.tokenizer))
+  if jax.process_index() == 0:
+    summary['curves'] = str(plot.plot_workdirs([workdir], workdir / 'curves.png'))
+  return summary
+
+
+def abstract_shardings(abstract):
+  return jax.tree.map(lambda x: x.sharding, abstract)
+
+
+def _take(loader, n: int) -> list:
+  """The first n batches of a (fresh) loader as a list: the fixed held-out set."""
+  out = []
+  for batch in loader:
+    out.append(batch)
+    if len(out) == n:
+      break
+  return out
+
+
+def _fmt(m: dict, keys) -> str:
+  return '  '.join(f'{k}={m[k]:.4g}' for k in keys if k in m)
+
+
+def _print(line: str, bar=None) -> None:
+  if jax.process_index() != 0:
+    return
+  if bar is not None and not bar.disable:
+    bar.write(line)
+  else:
+    print(line, flush=True)

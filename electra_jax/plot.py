@@ -1,0 +1,111 @@
+"""Learning curves of one or several pre-training workdirs, side by side, as a PNG.
+
+    python -m electra_jax.plot runs/tiny [runs/other ...] --out curves.png
+
+One panel per metric (rows of train loss terms, accuracies, learning rate,
+throughput and the held-out eval metrics); one line per workdir, labelled by its
+directory name. Reads workdir/metrics.jsonl and workdir/eval.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Sequence
+
+from electra_jax import metrics_log
+
+# (title, split, key): train keys from metrics.jsonl, eval keys from eval.jsonl.
+PANELS = (
+    ('loss', 'train', 'loss'),
+    ('generator MLM loss', 'train', 'gen_loss'),
+    ('discriminator loss', 'train', 'disc_loss'),
+    ('generator accuracy', 'train', 'gen_accuracy'),
+    ('discriminator accuracy', 'train', 'disc_accuracy'),
+    ('learning rate', 'train', 'learning_rate'),
+    ('sequences / s', 'train', 'seq_per_s'),
+    ('eval loss', 'eval', 'eval_loss'),
+    ('eval generator accuracy', 'eval', 'eval_gen_accuracy'),
+    ('eval discriminator accuracy', 'eval', 'eval_disc_accuracy'),
+    ('eval replaced-token AUC', 'eval', 'eval_disc_auc'),
+    ('eval precision / recall', 'eval', ('eval_disc_precision', 'eval_disc_recall')),
+)
+
+
+def _series(records: list[dict], key: str):
+  xs, ys = [], []
+  for r in records:
+    v = r.get(key)
+    if isinstance(v, (int, float)) and math.isfinite(v):
+      xs.append(r['step'])
+      ys.append(v)
+  return xs, ys
+
+
+def plot_workdirs(workdirs: Sequence, out, smooth: int = 1) -> Path:
+  """Draws the curves of `workdirs` into the PNG `out`; returns its path.
+
+  smooth: moving-average window (in logged points) for the train curves.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  runs = []
+  for wd in workdirs:
+    wd = Path(wd)
+    if not (wd / metrics_log.FILES['train']).exists():
+      raise FileNotFoundError(f'{wd / metrics_log.FILES["train"]} not found; expected a '
+                              'pre-training workdir')
+    runs.append((wd.name or str(wd),
+                 {s: metrics_log.read_jsonl(wd / f) for s, f in metrics_log.FILES.items()}))
+  panels = [p for p in PANELS if any(
+      _series(recs[p[1]], k)[0] for _, recs in runs
+      for k in (p[2] if isinstance(p[2], tuple) else (p[2],)))]
+  cols = 4
+  rows = max(1, -(-len(panels) // cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+  for ax, (title, split, keys) in zip(axes.flat, panels):
+    keys = keys if isinstance(keys, tuple) else (keys,)
+    for name, recs in runs:
+      for key in keys:
+        xs, ys = _series(recs[split], key)
+        if not xs:
+          continue
+        if split == 'train' and smooth > 1 and len(ys) >= smooth:
+          k = smooth
+          ys = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1])
+                for i in range(len(ys))]
+        label = name if len(keys) == 1 else f'{name} {key.rsplit("_", 1)[-1]}'
+        ax.plot(xs, ys, label=label, marker='o' if split == 'eval' else None, markersize=3)
+    ax.set_title(title)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+    if len(runs) > 1 or len(keys) > 1:
+      ax.legend(fontsize=7)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.axis('off')
+  fig.tight_layout()
+  out = Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  p = argparse.ArgumentParser(description='Plot ELECTRA pre-training learning curves.')
+  p.add_argument('workdirs', nargs='+', help='one or more pre-training workdirs')
+  p.add_argument('--out', default='curves.png', help='output PNG path')
+  p.add_argument('--smooth', type=int, default=1, help='moving average over N logged points')
+  args = p.parse_args(argv)
+  try:
+    out = plot_workdirs(args.workdirs, args.out, args.smooth)
+  except FileNotFoundError as e:
+    raise SystemExit(f'error: {e}')
+  print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+  main()
