@@ -472,6 +472,7 @@ def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length
         'num_tokens': w.num_tokens, 'num_single_segment': w.num_single_segment,
         'num_shards': len(w.names), 'shards': w.names, 'eval_fraction': eval_fraction,
         'num_documents': totals['num_documents'], 'num_text_tokens': totals['num_text_tokens'],
+        'num_empty_documents': totals['empty_documents'],
         'invalid_utf8_lines': totals['invalid_utf8_lines'], 'build_seconds': round(elapsed, 3),
     }
     d = output_dir if s == 'train' else output_dir / 'eval'
