@@ -23,7 +23,10 @@ document boundaries every ~UNIT_BYTES, TFDS records in groups of UNIT_DOCS); eac
 own builder and RNG seeded from (seed, unit index), and the main process writes examples in
 unit order, round-robin over shards. So the shards are byte-identical for any `num_workers`.
 (The official script uses the global `random` state and shuffles files per process, so its
-output depends on the number of processes and is not reproducible.)
+output depends on the number of processes and is not reproducible.) Other deviations: a fresh
+builder per unit (the official one carries its pending target length from file to file; the
+sentences themselves are flushed at every file end in both); records are unpadded int32 arrays
+instead of padded tf.train.Examples with an input_mask, which the loader derives from lengths.
 
 Command line:
   python -m electra_jax.data.pretraining --input 'corpus/*.txt' --vocab vocab.txt \
