@@ -58,10 +58,10 @@ def build_task(config):
   """The registry's task, with SQuAD's window / n-best settings from config.task."""
   task = registry.get_task(config.task.name)
   if task.kind == 'span':
-    task = dataclasses.replace(task, doc_stride=config.task.doc_stride,
-                               max_query_length=config.task.max_query_length,
-                               n_best_size=config.task.n_best_size,
-                               max_answer_length=config.task.max_answer_length)
+    task = registry.get_task(config.task.name, doc_stride=config.task.doc_stride,
+                             max_query_length=config.task.max_query_length,
+                             n_best_size=config.task.n_best_size,
+                             max_answer_length=config.task.max_answer_length)
   return task
 
 

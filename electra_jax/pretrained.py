@@ -103,23 +103,8 @@ def builtin_vocab() -> Path:
   return builtin_corpus.builtin_vocab(Path.home() / '.cache' / 'electra_jax')
 
 
-class TaskTokenizer:
-  """A WordPieceTokenizer plus `id_to_token`, which SQuAD post-processing uses to cut answers
-  inside a whitespace word (electra_jax.data.tasks.base.Tokenizer)."""
-
-  def __init__(self, tok: tok_lib.WordPieceTokenizer):
-    self._tok = tok
-    self.cls_id, self.sep_id, self.pad_id = tok.cls_id, tok.sep_id, tok.pad_id
-    self.vocab_size, self.lowercase, self.name = tok.vocab_size, tok.lowercase, tok.name
-
-  def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text)
-
-  def id_to_token(self, i: int) -> str:
-    return self._tok.tokens[i]
-
-
-def load_tokenizer(vocab: str, ckpt: Pretrained | None, lowercase: bool) -> TaskTokenizer:
+def load_tokenizer(vocab: str, ckpt: Pretrained | None,
+                   lowercase: bool) -> tok_lib.WordPieceTokenizer:
   """vocab: a vocab.txt path | 'builtin' | '' (the checkpoint's vocab.txt).
 
   A checkpoint that records its own lower-casing overrides `lowercase`.
@@ -140,4 +125,4 @@ def load_tokenizer(vocab: str, ckpt: Pretrained | None, lowercase: bool) -> Task
     raise FileNotFoundError(f'vocab file {path} not found (config.data.vocab={vocab!r})')
   tok = tok_lib.WordPieceTokenizer.from_vocab(path, lowercase=lowercase)
   log.info('vocab %s: %d tokens, lowercase=%s', path, tok.vocab_size, lowercase)
-  return TaskTokenizer(tok)
+  return tok
