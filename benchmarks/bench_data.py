@@ -120,6 +120,7 @@ def main() -> None:
   result = {'input': args.input, 'num_workers': args.num_workers, 'text_tokens': meta['num_text_tokens'],
             'build_s': build_s, 'build_cpu_s': build_cpu, 'load_avg': load_avg, 'tokens_per_s': tokens_per_s, 'loader_batches_per_s': batches_per_s,
             'batch': args.batch, 'seq_len': args.max_seq_length}
+  rows.append(('20x a train step rate if step >=', f'{20e3 / batches_per_s:.1f} ms'))
   if step_s:
     ratio = batches_per_s * step_s
     rows += [('Small train step', f'{step_s:.2f} s ({1 / step_s:.3f} steps/s)'),
