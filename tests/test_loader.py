@@ -176,3 +176,24 @@ def test_builtin_source_and_vocab(tmp_path):
   assert text.startswith('[CLS]') and text.endswith('[SEP]')
   assert tok.encode('Return the number of items in the list.') != []
   assert tok.unk_id not in tok.encode('return a list of the values in the dictionary')
+
+
+def test_interrupted_build_leaves_no_cache(data, tmp_path, monkeypatch):
+  cfg = ml_collections.ConfigDict(dict(source=str(data[0].parent / 'c.txt'),
+                                       vocab=str(data[0].parent / 'vocab.txt'), lowercase=True,
+                                       eval_fraction=0.0, num_shards=2, num_workers=1, tfds_data_dir=''))
+  real = pretraining._ShardWriter.write
+  calls = []
+
+  def dying_write(self, *a):
+    calls.append(1)
+    if len(calls) == 1:
+      real(self, *a)  # some shards are already written when the build dies
+      raise KeyboardInterrupt
+  monkeypatch.setattr(pretraining._ShardWriter, 'write', dying_write)
+  with pytest.raises(KeyboardInterrupt):
+    make_pretraining_data(cfg, SEQ, 8, 8, 0, tmp_path)
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith(('pretrain-', '.tmp'))] == []
+  monkeypatch.setattr(pretraining._ShardWriter, 'write', real)
+  pd = make_pretraining_data(cfg, SEQ, 8, 8, 0, tmp_path)
+  assert pd.eval is None and next(pd.train)['input_ids'].shape == (8, SEQ)

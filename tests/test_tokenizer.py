@@ -146,3 +146,16 @@ def test_train_cli(tmp_path):
                       str(tmp_path / 'missing*.txt'), '--vocab_size', '300', '--output', str(out)],
                      capture_output=True, text=True, cwd=Path(__file__).parents[1])
   assert r.returncode != 0 and 'missing*.txt' in r.stderr and 'Traceback' not in r.stderr
+
+
+ENWIKI = SHARED / 'corpus' / 'enwiki-2015-wikiextractor-sample' / 'wiki_en_03.txt'
+
+
+@pytest.mark.skipif(not (BERT_VOCAB.exists() and ENWIKI.exists()), reason='shared data not present')
+def test_parity_on_real_wikipedia_lines():
+  with open(ENWIKI, encoding='utf-8') as f:
+    lines = [line.strip() for _, line in zip(range(4000), f) if line.strip()]
+  rng = random.Random(0)
+  sample = rng.sample(lines, 150)
+  sample = [s[:2000] for s in sample]  # keep the pure-Python reference fast
+  _check_parity(BERT_VOCAB, sample)
