@@ -1,0 +1,53 @@
+r"""Where ELECTRA's gain comes from (paper Table 5), at equal pre-training compute.
+
+Objectives: ELECTRA, All-Tokens MLM, Replace MLM, ELECTRA 15%, BERT. Every
+trial spends the same pre-training FLOPs, those of ELECTRA at `steps` steps
+(electra_jax/objective_flops.py), so cheaper objectives train more steps.
+Then each pre-trained discriminator (BERT: its MLM encoder) is fine-tuned on
+GLUE RTE, MRPC and STS-B with 3 seeds; the score is the mean over tasks of the
+median over seeds.
+
+  python -m electra_jax.sweep --config=configs/ablations/efficiency.py --workdir=runs/efficiency
+
+One trial by hand (what the launcher runs):
+  python -m electra_jax.main --config=configs/ablations/efficiency.py:objective=replace_mlm \
+    --workdir=runs/efficiency/replace_mlm/pretrain
+
+Arguments (`efficiency.py:k=v,...`): objective, size (tiny), steps (ELECTRA's
+steps; sets the budget), files (corpus glob inside the enwiki sample), data
+(the shared/data root; default ../shared/data beside the checkout), vocab
+('' = BERT uncased; or a vocab.txt path), runlocal. Sized for a 2-core CPU with `size=tiny`; experiments/efficiency/
+README.md has the measured run. Paper (Base, GLUE dev): ELECTRA 85.0,
+All-Tokens MLM 84.3, Replace MLM 82.4, ELECTRA 15% 82.4, BERT 82.2.
+"""
+
+from configs.ablations import common
+from electra_jax import configlib
+from electra_jax import objective_flops
+
+OBJECTIVES = ('electra', 'all_tokens_mlm', 'replace_mlm', 'electra_15', 'bert_mlm')
+# Fine-tuning spec read by electra_jax.sweep.
+FINETUNE = common.glue_finetune(tasks=('rte', 'mrpc', 'stsb'), num_seeds=3, size='tiny')
+
+
+def get_config(arg=None):
+  arg = configlib.parse_arg(arg, lazy_field='objective', objective='electra', size='tiny',
+                            steps=1000, files='wiki_en_00.txt', data='', vocab='',
+                            runlocal=False)
+  if arg.objective not in OBJECTIVES:
+    raise ValueError(f'objective={arg.objective!r}; expected one of {OBJECTIVES}')
+  kw = dict(data=arg.data, corpus_files=arg.files, vocab=arg.vocab, runlocal=arg.runlocal)
+  reference = common.variant_config(arg.size, 'electra', **kw)
+  budget = objective_flops.train_flops_per_step(reference) * arg.steps
+  c = common.variant_config(arg.size, arg.objective, **kw)
+  c.train.num_steps = objective_flops.steps_for_budget(c, budget)
+  c.optimizer.warmup_steps = max(1, c.train.num_steps // 10)
+  c.train.log_every = max(1, min(c.train.log_every, c.train.num_steps // 20))
+  c.train.checkpoint_every = max(1, c.train.num_steps // 5)
+  c.train.eval_every = c.train.num_steps  # held-out metrics once, at the end
+  return c
+
+
+def sweep(add):
+  for objective in OBJECTIVES:
+    add(name=objective, arg=f'objective={objective}')

@@ -1,0 +1,429 @@
+r"""Runs the sweep defined in a config file: pre-training, then fine-tuning, per trial.
+
+    python -m electra_jax.sweep --config=configs/ablations/efficiency.py --workdir=runs/eff
+    python -m electra_jax.sweep --config=configs/ablations/generator_size.py:size=tiny \
+        --workdir=DIR --parallel=2 --dry_run
+
+`--config=FILE:ARG` puts ARG in front of every trial's own config argument.
+
+A sweep file is an ordinary config file (`get_config(arg)`) with one more function:
+
+    def sweep(add):
+      for frac in (0.25, 0.5, 1.0):
+        add(name=f'gen{frac}', arg='size=small',
+            **{'model.generator_fraction': frac, 'train.num_steps': 100_000})
+
+`add(name=None, arg='', finetune=True, **overrides)` declares one trial:
+  arg        the config argument: the trial pre-trains with `--config=FILE:arg`
+  overrides  dotted config keys, passed as `--config.KEY=VALUE`
+  finetune   True = the file's FINETUNE spec (below), False = pre-training only,
+             or a dict replacing keys of FINETUNE for this trial
+  name       the trial's directory name (default: built from arg and overrides)
+The file may define `FINETUNE = dict(config='configs/finetune.py', arg='size=tiny',
+tasks=('rte', ...), num_seeds=3, overrides={'data.data_dir': ...})`; every task
+is fine-tuned from the trial's export with `num_seeds` seeds.
+
+Per trial, under WORKDIR/<name>/:
+  pretrain/          `python -m electra_jax.main` (metrics.jsonl, export/); resumes
+                     from its checkpoints when re-run
+  finetune/<task>/   `python -m electra_jax.finetune ... --config.num_seeds=N`
+                     (seed_<s>/results.json)
+  logs/*.log         each command's output; *.DONE markers per finished stage
+  result.json        the trial's final metrics; DONE once every stage finished
+Completed stages are skipped on a re-run; an interrupted pre-training resumes.
+At the end (and with --report_only) WORKDIR gets results.csv, results.md and the
+plots: GLUE score against pre-training FLOPs per objective, and, when the trials
+vary the generator size, GLUE score against generator size.
+
+GLUE score of a trial = mean over tasks of the median (over seeds) of each
+task's main dev metric, x 100, as the paper reports.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import importlib.util
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import app
+from absl import flags
+
+REPO = Path(__file__).resolve().parents[1]
+
+_CONFIG = flags.DEFINE_string('config', None, 'Sweep file with get_config(arg) and sweep(add).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Root directory; one subdirectory per trial.')
+_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Trials run at the same time.')
+_ONLY = flags.DEFINE_list('only', [], 'Run only these trial names.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
+_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only collect results and plot.')
+_MAIN_CMD = flags.DEFINE_string('main_cmd', f'{shlex.quote(sys.executable)} -m electra_jax.main',
+                                'Pre-training command (tests substitute a fake).')
+_FINETUNE_CMD = flags.DEFINE_string(
+    'finetune_cmd', f'{shlex.quote(sys.executable)} -m electra_jax.finetune',
+    'Fine-tuning command (tests substitute a fake).')
+
+FINETUNE_DEFAULTS = dict(config='configs/finetune.py', arg='size=tiny', tasks=(), num_seeds=1,
+                         overrides={})
+
+
+@dataclasses.dataclass
+class Trial:
+  name: str
+  arg: str
+  overrides: dict
+  finetune: dict | None  # None = pre-training only
+
+
+def _fmt_value(v) -> str:
+  if isinstance(v, float):
+    return f'{v:g}'
+  return str(v)
+
+
+def _default_name(arg: str, overrides: dict) -> str:
+  parts = [arg.replace('=', '-').replace(',', '_')] if arg else []
+  parts += [f'{k.split(".")[-1]}-{_fmt_value(v)}' for k, v in sorted(overrides.items())]
+  name = '_'.join(parts) or 'default'
+  return ''.join(c if c.isalnum() or c in '-_.' else '-' for c in name)
+
+
+def load_module(path: str):
+  """Imports a config file by path (as ml_collections' config_flags does)."""
+  p = Path(path)
+  if not p.is_file():
+    raise FileNotFoundError(f'sweep config {path!r} not found')
+  spec = importlib.util.spec_from_file_location(f'sweep_config_{p.stem}', p)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'sweep'):
+    raise ValueError(f'{path} has no sweep(add) function; expected one that calls add(...) '
+                     'per trial')
+  return module
+
+
+def expand(module, base_arg: str = '') -> list[Trial]:
+  """Calls module.sweep(add) and returns the trials in order; names must be unique.
+
+  `base_arg` (from `--config=FILE:base_arg`) is put before every trial's arg,
+  so the trial's own keys win.
+  """
+  base_ft = {**FINETUNE_DEFAULTS, **getattr(module, 'FINETUNE', {})}
+  trials: list[Trial] = []
+
+  def add(name: str | None = None, arg: str = '', finetune: bool | dict = True, **overrides):
+    if finetune is True:
+      ft = dict(base_ft) if base_ft['tasks'] else None
+    elif finetune is False:
+      ft = None
+    elif isinstance(finetune, dict):
+      unknown = sorted(set(finetune) - set(FINETUNE_DEFAULTS))
+      if unknown:
+        raise ValueError(f'add(finetune=...) keys {unknown}; expected a subset of '
+                         f'{sorted(FINETUNE_DEFAULTS)}')
+      ft = {**base_ft, **finetune}
+    else:
+      raise ValueError(f'add(finetune={finetune!r}); expected True, False or a dict')
+    name = name or _default_name(arg, overrides)
+    full_arg = ','.join(a for a in (base_arg, arg) if a)
+    trial = Trial(name, full_arg, dict(overrides), ft)
+    if any(t.name == trial.name for t in trials):
+      raise ValueError(f'duplicate trial name {trial.name!r}; pass add(name=...) to tell them apart')
+    trials.append(trial)
+
+  module.sweep(add)
+  if not trials:
+    raise ValueError('sweep(add) added no trials')
+  return trials
+
+
+def resolved_config(module, trial: Trial):
+  """The trial's pre-training config: get_config(arg) with the overrides applied."""
+  c = module.get_config(trial.arg or None)
+  for key, value in trial.overrides.items():
+    node = c
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    if last not in node:
+      raise ValueError(f'trial {trial.name}: unknown config key {key!r}')
+    node[last] = value
+  return c
+
+
+def pretrain_command(main_cmd: str, config_path: str, trial: Trial, workdir: Path) -> list[str]:
+  cmd = shlex.split(main_cmd) + [f'--config={config_path}' + (f':{trial.arg}' if trial.arg else '')]
+  cmd += [f'--config.{k}={_fmt_value(v)}' for k, v in trial.overrides.items()]
+  return cmd + [f'--workdir={workdir}', '--noprogress']
+
+
+def finetune_command(finetune_cmd: str, ft: dict, task: str, export: Path, workdir: Path) -> list[str]:
+  arg = f'task={task}' + (f',{ft["arg"]}' if ft['arg'] else '')
+  cmd = shlex.split(finetune_cmd) + [f'--config={ft["config"]}:{arg}',
+                                     f'--config.init_checkpoint={export}',
+                                     f'--config.num_seeds={ft["num_seeds"]}']
+  cmd += [f'--config.{k}={_fmt_value(v)}' for k, v in ft['overrides'].items()]
+  return cmd + [f'--workdir={workdir}']
+
+
+def _run(cmd: list[str], log_path: Path, dry_run: bool) -> None:
+  print('  $ ' + ' '.join(shlex.quote(c) for c in cmd), flush=True)
+  if dry_run:
+    return
+  log_path.parent.mkdir(parents=True, exist_ok=True)
+  with open(log_path, 'a') as log:
+    log.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} {" ".join(cmd)}\n')
+    log.flush()
+    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+  if rc != 0:
+    raise RuntimeError(f'command failed with exit code {rc} (log: {log_path}): {" ".join(cmd)}')
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+  if not path.is_file():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    line = line.strip()
+    if line:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue  # a line cut by an interruption
+  return rows
+
+
+def finetune_scores(task_dir: Path) -> dict:
+  """{'median', 'values', 'metric'} of a task's main dev metric over its seeds."""
+  files = sorted(task_dir.glob('seed_*/results.json')) or sorted(task_dir.glob('results.json'))
+  if not files:
+    raise FileNotFoundError(f'no results.json under {task_dir}')
+  values, metric = [], None
+  for f in files:
+    r = json.loads(f.read_text())
+    metric = r['main_metric']
+    split = next(iter(r['dev']))  # the task's first dev split (MNLI: matched)
+    values.append(float(r['dev'][split][metric]))
+  return {'median': statistics.median(values), 'values': values, 'metric': metric}
+
+
+def run_trial(module, config_path: str, trial: Trial, root: Path, *, main_cmd: str,
+              finetune_cmd: str, dry_run: bool = False) -> dict:
+  """Runs (or resumes) one trial and writes its result.json; returns the result."""
+  tdir = root / trial.name
+  if (tdir / 'DONE').is_file():
+    print(f'[{trial.name}] done, skipped', flush=True)
+    return json.loads((tdir / 'result.json').read_text())
+  config = resolved_config(module, trial)
+  tdir.mkdir(parents=True, exist_ok=True)
+  (tdir / 'trial.json').write_text(json.dumps(dataclasses.asdict(trial), indent=2, default=str))
+  pre = tdir / 'pretrain'
+  if not (tdir / 'pretrain.DONE').is_file():
+    print(f'[{trial.name}] pre-training', flush=True)
+    _run(pretrain_command(main_cmd, config_path, trial, pre), tdir / 'logs' / 'pretrain.log',
+         dry_run)
+    if not dry_run:
+      if not (pre / 'export').is_dir():
+        raise RuntimeError(f'[{trial.name}] pre-training exited 0 but wrote no {pre / "export"}')
+      (tdir / 'pretrain.DONE').touch()
+  ft_scores = {}
+  if trial.finetune:
+    for task in trial.finetune['tasks']:
+      tw = tdir / 'finetune' / task
+      if not (tdir / f'finetune_{task}.DONE').is_file():
+        print(f'[{trial.name}] fine-tuning {task}', flush=True)
+        _run(finetune_command(finetune_cmd, trial.finetune, task, pre / 'export', tw),
+             tdir / 'logs' / f'finetune_{task}.log', dry_run)
+        if dry_run:
+          continue
+        (tdir / f'finetune_{task}.DONE').touch()
+      if not dry_run:
+        ft_scores[task] = finetune_scores(tw)
+  if dry_run:
+    return {}
+  result = collect(config, trial, tdir, ft_scores)
+  (tdir / 'result.json').write_text(json.dumps(result, indent=2, sort_keys=True))
+  (tdir / 'DONE').touch()
+  print(f'[{trial.name}] done: glue={result.get("glue")}', flush=True)
+  return result
+
+
+def collect(config, trial: Trial, tdir: Path, ft_scores: dict) -> dict:
+  """One flat dict: the trial's settings, pre-training FLOPs and metrics, GLUE scores."""
+  from electra_jax import objective_flops  # pylint: disable=g-import-not-at-top
+  train_rows = [r for r in _read_jsonl(tdir / 'pretrain' / 'metrics.jsonl')]
+  eval_rows = _read_jsonl(tdir / 'pretrain' / 'eval.jsonl')
+  last = train_rows[-1] if train_rows else {}
+  last_eval = eval_rows[-1] if eval_rows else {}
+  steps = int(last.get('step', config.train.num_steps))
+  flops_step = objective_flops.train_flops_per_step(config)
+  out: dict[str, Any] = {
+      'trial': trial.name, 'objective': config.objective.name, 'size': config.size,
+      'generator_fraction': config.model.generator_fraction, 'sharing': config.model.sharing,
+      'steps': steps, 'pretrain_flops': flops_step * steps,
+      **{f'pretrain_{k}': v for k, v in last.items()
+         if k in ('loss', 'gen_loss', 'gen_accuracy', 'disc_loss', 'disc_accuracy')},
+      **{k: v for k, v in last_eval.items() if k.startswith('eval_') and
+         isinstance(v, (int, float))},
+      **{f'override.{k}': v for k, v in trial.overrides.items()},
+  }
+  for task, s in ft_scores.items():
+    out[f'{task}_{s["metric"]}'] = 100.0 * s['median']
+    out[f'{task}_seeds'] = ' '.join(f'{100 * v:.1f}' for v in s['values'])
+  if ft_scores:
+    out['glue'] = statistics.mean(100.0 * s['median'] for s in ft_scores.values())
+  return out
+
+
+# ------------------------------------------------------------------------ reporting
+
+
+def write_tables(results: list[dict], root: Path) -> tuple[Path, Path]:
+  """results.csv (every key) and results.md (the main columns)."""
+  keys: list[str] = []
+  for r in results:
+    keys += [k for k in r if k not in keys]
+  csv_path = root / 'results.csv'
+  with open(csv_path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    for r in results:
+      w.writerow(r)
+  main = [k for k in ('trial', 'objective', 'generator_fraction', 'sharing', 'steps',
+                      'pretrain_flops') if k in keys]
+  scores = [k for k in keys if k.split('_')[0] in _task_names(results)
+            and not k.endswith('_seeds')]
+  main += scores + [k for k in ('glue', 'eval_disc_accuracy', 'eval_gen_accuracy') if k in keys]
+
+  def cell(v):
+    if isinstance(v, float):
+      return f'{v:.3g}' if abs(v) >= 1e5 else f'{v:.2f}' if abs(v) >= 1 else f'{v:.3f}'
+    return '' if v is None else str(v)
+
+  lines = ['| ' + ' | '.join(main) + ' |', '|' + '---|' * len(main)]
+  lines += ['| ' + ' | '.join(cell(r.get(k)) for k in main) + ' |' for r in results]
+  md_path = root / 'results.md'
+  md_path.write_text('\n'.join(lines) + '\n')
+  return csv_path, md_path
+
+
+def _task_names(results) -> set:
+  return {k.rsplit('_', 1)[0] for r in results for k in r if k.endswith('_seeds')}
+
+
+def plot(results: list[dict], root: Path) -> list[Path]:
+  """Paper-style PNGs: GLUE vs pre-training FLOPs per objective; GLUE vs generator size."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  scored = [r for r in results if r.get('glue') is not None]
+  if not scored:
+    return []
+  out = []
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for obj in sorted({r['objective'] for r in scored}):
+    pts = sorted((r['pretrain_flops'], r['glue']) for r in scored if r['objective'] == obj)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', label=obj)
+  ax.set_xscale('log')
+  ax.set_xlabel('pre-training FLOPs')
+  ax.set_ylabel('GLUE dev score (mean of task medians)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  out.append(root / 'glue_vs_flops.png')
+  fig.savefig(out[-1], dpi=120)
+  plt.close(fig)
+  if len({r['generator_fraction'] for r in scored}) > 1:
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    groups = sorted({(r['objective'], r['sharing']) for r in scored})
+    for obj, sharing in groups:
+      pts = sorted((r['generator_fraction'], r['glue']) for r in scored
+                   if (r['objective'], r['sharing']) == (obj, sharing))
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', label=f'{obj} ({sharing})')
+    ax.set_xlabel('generator size (fraction of the discriminator hidden size)')
+    ax.set_ylabel('GLUE dev score')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.append(root / 'glue_vs_generator_size.png')
+    fig.savefig(out[-1], dpi=120)
+    plt.close(fig)
+  return out
+
+
+def report(root: Path, trials: list[Trial]) -> list[dict]:
+  results = [json.loads((root / t.name / 'result.json').read_text()) for t in trials
+             if (root / t.name / 'result.json').is_file()]
+  if not results:
+    print('no finished trials yet', flush=True)
+    return []
+  csv_path, md_path = write_tables(results, root)
+  pngs = plot(results, root)
+  print(f'{len(results)}/{len(trials)} trials finished: {csv_path}, {md_path}'
+        + ''.join(f', {p}' for p in pngs), flush=True)
+  return results
+
+
+def run_sweep(config_path: str, root: Path, *, parallel: int = 1, only=(), dry_run=False,
+              report_only=False, main_cmd: str, finetune_cmd: str) -> list[dict]:
+  config_path, _, base_arg = config_path.partition(':')
+  config_path = str(Path(config_path).resolve())
+  module = load_module(config_path)
+  trials = expand(module, base_arg)
+  if only:
+    unknown = sorted(set(only) - {t.name for t in trials})
+    if unknown:
+      raise ValueError(f'--only {unknown}: no such trials; expected some of '
+                       f'{[t.name for t in trials]}')
+    trials = [t for t in trials if t.name in only]
+  root.mkdir(parents=True, exist_ok=True)
+  from electra_jax import objective_flops  # pylint: disable=g-import-not-at-top
+  for t in trials:  # fail fast on bad keys before any run
+    c = resolved_config(module, t)
+    print(f'  {t.name}: {c.objective.name}, {c.train.num_steps} steps, '
+          f'{objective_flops.train_flops_per_step(c) * c.train.num_steps:.3g} pre-training FLOPs',
+          flush=True)
+  if not report_only:
+    print(f'{len(trials)} trials, {parallel} at a time, in {root}', flush=True)
+    run = lambda t: run_trial(module, config_path, t, root, main_cmd=main_cmd,
+                              finetune_cmd=finetune_cmd, dry_run=dry_run)
+    failures = []
+    with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
+      futures = {pool.submit(run, t): t for t in trials}
+      for fut in concurrent.futures.as_completed(futures):
+        try:
+          fut.result()
+        except Exception as e:  # pylint: disable=broad-except  (report, keep the others going)
+          failures.append(futures[fut].name)
+          print(f'[{futures[fut].name}] FAILED: {e}', flush=True)
+    if dry_run:
+      return []
+    if failures:
+      print(f'failed trials: {failures}; fix and re-run the same command to resume', flush=True)
+  return report(root, trials)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  if not _CONFIG.value or not _WORKDIR.value:
+    raise app.UsageError('--config and --workdir are required')
+  try:
+    run_sweep(_CONFIG.value, Path(_WORKDIR.value).resolve(), parallel=_PARALLEL.value,
+              only=_ONLY.value, dry_run=_DRY_RUN.value, report_only=_REPORT_ONLY.value,
+              main_cmd=_MAIN_CMD.value, finetune_cmd=_FINETUNE_CMD.value)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)
