@@ -24,7 +24,6 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 # The five special tokens every vocab must have; `train_wordpiece` gives them ids 0..4.
@@ -154,9 +153,6 @@ class WordPieceTokenizer:
       else:
         out.append(t)
     return ' '.join(out)
-
-  def ids_to_array(self, ids: Sequence[int]) -> np.ndarray:
-    return np.asarray(ids, dtype=np.int32)
 
 
 def _iter_lines(files: Sequence[str]) -> Iterable[str]:
