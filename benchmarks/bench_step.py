@@ -156,13 +156,15 @@ class Variant:
     return a + (['--remat'] if self.remat else [])
 
 
-def run_one(v: Variant, warmup: int, steps: int, peak_seconds: float) -> dict:
+def run_one(v: Variant, warmup: int, steps: int, peak_seconds: float,
+            peak_sizes=(1024, 2048)) -> dict:
   config = v.config()
-  peak_before = matmul_peak.measure_peak(v.dtype, seconds=peak_seconds)['peak_gflops']
+  load_before = os.getloadavg()[0]
+  peak_before = matmul_peak.measure_peak(v.dtype, peak_sizes, peak_seconds)['peak_gflops']
   runner = JaxStep(config)
   batch = synthetic_batch(config)
   times = time_steps(runner.step, batch, warmup, steps)
-  peak_after = matmul_peak.measure_peak(v.dtype, seconds=peak_seconds)['peak_gflops']
+  peak_after = matmul_peak.measure_peak(v.dtype, peak_sizes, peak_seconds)['peak_gflops']
   step_s = statistics.median(times)
   flops = useful_flops(config)
   peak = max(peak_before, peak_after)
@@ -175,6 +177,7 @@ def run_one(v: Variant, warmup: int, steps: int, peak_seconds: float) -> dict:
           'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           'xla_temp_mb': runner.xla_temp_bytes / 2**20, 'params': runner.num_params,
           'backend': jax.default_backend(), 'device': str(jax.devices()[0]),
+          'load_average': [load_before, os.getloadavg()[0]],
           'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
 
 
@@ -203,12 +206,14 @@ def sweep_variants(name: str) -> list[Variant]:
   raise ValueError(f'sweep {name!r}; expected variants or sizes')
 
 
-def run_sweep(name: str, warmup: int, steps: int, peak_seconds: float, out_json: str | None):
+def run_sweep(name: str, warmup: int, steps: int, peak_seconds: float, out_json: str | None,
+              peak_sizes=(1024, 2048)):
   print(HEADER, flush=True)
   results = []
   for v in sweep_variants(name):
     cmd = [sys.executable, __file__, *v.args(), '--warmup', str(warmup), '--steps', str(steps),
-           '--peak-seconds', str(peak_seconds), '--json', '/dev/stdout', '--quiet']
+           '--peak-seconds', str(peak_seconds), '--peak-sizes', *map(str, peak_sizes),
+           '--json', '/dev/stdout', '--quiet']
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if proc.returncode:
       print(f'| {v.size} | {v.batch}x{v.seq_len} | {v.dtype} | {v.attention} | {v.head} '
@@ -234,15 +239,16 @@ def main():
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--peak-seconds', type=float, default=1.5)
+  p.add_argument('--peak-sizes', type=int, nargs='+', default=[1024, 2048])
   p.add_argument('--sweep', choices=['variants', 'sizes'])
   p.add_argument('--json', help='write the result(s) as JSON to this path')
   p.add_argument('--quiet', action='store_true')
   a = p.parse_args()
   if a.sweep:
-    run_sweep(a.sweep, a.warmup, a.steps, a.peak_seconds, a.json)
+    run_sweep(a.sweep, a.warmup, a.steps, a.peak_seconds, a.json, a.peak_sizes)
     return
   v = Variant(a.size, a.batch, a.seq_len, a.dtype, a.attention, a.remat, a.head)
-  r = run_one(v, a.warmup, a.steps, a.peak_seconds)
+  r = run_one(v, a.warmup, a.steps, a.peak_seconds, a.peak_sizes)
   if not a.quiet:
     print(HEADER)
     print(row(r))

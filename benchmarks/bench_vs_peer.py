@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_step  # noqa: E402  (puts the repo on sys.path, imports jax)
+import jax  # noqa: E402
 import matmul_peak  # noqa: E402
 import torch  # noqa: E402
 import torch_peer  # noqa: E402
@@ -55,13 +57,18 @@ def main():
   p.add_argument('--warmup', type=int, default=1)
   p.add_argument('--rounds', type=int, default=5)
   p.add_argument('--peak-seconds', type=float, default=1.5)
+  p.add_argument('--peak-sizes', type=int, nargs='+', default=[1024, 2048],
+                 help='matmul sizes for the peak (GPU: 4096 8192)')
+  p.add_argument('--peer-device', default='cpu', help='torch device of the peer: cpu | cuda')
   p.add_argument('--json', help='write all results to this path')
   a = p.parse_args()
 
   batch_cfg = bench_step.make_config(a.size, a.batch, a.seq_len)
   batch = bench_step.synthetic_batch(batch_cfg, seed=0)
   dtypes = sorted({parse_ours(s)['dtype'] for s in a.ours} | set(a.peer))
-  peaks_before = {d: matmul_peak.measure_peak(d, seconds=a.peak_seconds)['peak_gflops']
+  peak = lambda d: matmul_peak.measure_peak(d, a.peak_sizes, a.peak_seconds)['peak_gflops']  # noqa: E731
+  load_before = os.getloadavg()[0]
+  peaks_before = {d: peak(d)
                   for d in dtypes}
 
   runners = {}  # name -> (step fn, config, flops dtype, compile seconds)
@@ -71,7 +78,7 @@ def main():
     runners[f'jax {spec}'] = (r.step, cfg, cfg.model.dtype, r.compile_s)
     print(f'built jax {spec}: compile {r.compile_s:.1f} s', flush=True)
   for prec in a.peer:
-    peer = torch_peer.TorchPeer(batch_cfg, autocast=prec)
+    peer = torch_peer.TorchPeer(batch_cfg, autocast=prec, device=a.peer_device)
     runners[f'peer {prec}'] = (peer.step, batch_cfg, prec, 0.0)
   for name, (fn, *_rest) in runners.items():
     for _ in range(a.warmup):
@@ -89,7 +96,8 @@ def main():
       if loss != loss:
         raise SystemExit(f'{n}: NaN loss at round {rnd}')
     print(f'round {rnd}: ' + ', '.join(f'{n} {times[n][-1]:.2f}s' for n in names), flush=True)
-  peaks_after = {d: matmul_peak.measure_peak(d, seconds=a.peak_seconds)['peak_gflops']
+  load_after = os.getloadavg()[0]
+  peaks_after = {d: peak(d)
                  for d in dtypes}
   peaks = {d: max(peaks_before[d], peaks_after[d]) for d in dtypes}
 
@@ -97,7 +105,8 @@ def main():
   print(f'\n{a.size} {a.batch}x{a.seq_len}, {flops / 1e9:.1f} GFLOP/step, matmul peak '
         + ', '.join(f'{d} {peaks[d]:.0f} GFLOP/s (before {peaks_before[d]:.0f}, after '
                     f'{peaks_after[d]:.0f})' for d in dtypes)
-        + f'; torch threads {torch.get_num_threads()}')
+        + f'; torch threads {torch.get_num_threads()}; load average {load_before:.1f} before, '
+        f'{load_after:.1f} after the rounds')
   print('| runner | median step s | seq/s | tok/s | GFLOP/s | MFU | compile s |\n|---|---|---|---|---|---|---|')
   results = {}
   for n in names:
@@ -121,6 +130,7 @@ def main():
   if a.json:
     with open(a.json, 'w') as fh:
       json.dump(dict(size=a.size, batch=a.batch, seq_len=a.seq_len, peaks=peaks,
+                     load_average=[load_before, load_after], device=str(jax.devices()[0]),
                      peaks_before=peaks_before, peaks_after=peaks_after, results=results,
                      ratios=ratios, date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())),
                 fh, indent=1)

@@ -93,13 +93,15 @@ def mask_inputs(gen: torch.Generator, input_ids, input_mask, obj, tokens):
   num_tokens = input_mask.sum(-1).float()
   n_pred = torch.clamp(torch.round(num_tokens * obj.mask_prob), 1, M)
   n_pred = torch.minimum(n_pred, cand.sum(-1).float())
-  scores = torch.where(cand, torch.rand(B, L, generator=gen), torch.full((B, L), -1.0))
+  dev = input_ids.device
+  scores = torch.where(cand, torch.rand(B, L, generator=gen, device=dev),
+                       torch.full((B, L), -1.0, device=dev))
   top, positions = torch.topk(scores, M, dim=-1)
-  weights = ((torch.arange(M)[None, :] < n_pred[:, None]) & (top >= 0)).float()
+  weights = ((torch.arange(M, device=dev)[None, :] < n_pred[:, None]) & (top >= 0)).float()
   positions = torch.where(weights > 0, positions, torch.zeros_like(positions))
   targets = torch.gather(input_ids, 1, positions)
-  u = torch.rand(B, M, generator=gen)
-  rand_ids = torch.randint(0, obj.vocab_size, (B, M), generator=gen)
+  u = torch.rand(B, M, generator=gen, device=dev)
+  rand_ids = torch.randint(0, obj.vocab_size, (B, M), generator=gen, device=dev)
   new = torch.where(u < obj.mask_token_prob, torch.full_like(targets, tokens.mask_id),
                     torch.where(u < obj.mask_token_prob + obj.random_token_prob, rand_ids, targets))
   masked = scatter(input_ids, positions, new, weights)
@@ -161,38 +163,40 @@ class TorchPeer:
   """One ELECTRA training step on numpy batches: `step(batch) -> loss (float)`."""
 
   def __init__(self, config, autocast: str = 'float32', seed: int = 0,
-               attn_implementation: str = 'sdpa'):
+               attn_implementation: str = 'sdpa', device: str = 'cpu'):
     if autocast not in ('float32', 'bfloat16'):
       raise ValueError(f'autocast {autocast!r}; expected float32 or bfloat16')
     torch.manual_seed(seed)
     self.config = config
     self.autocast = autocast
-    self.model = TorchElectra(config, attn_implementation).train()
+    self.device = torch.device(device)
+    self.model = TorchElectra(config, attn_implementation).to(self.device).train()
     o = config.optimizer
     self.opt = AdamWeightDecay(self.model.named_parameters(),
                                linear_schedule(o.learning_rate, config.train.num_steps,
                                                o.warmup_steps),
                                o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm)
-    self.gen = torch.Generator().manual_seed(seed)
+    self.gen = torch.Generator(device=self.device).manual_seed(seed)
 
   def num_params(self) -> int:
     return sum(p.numel() for p in self.opt.params)
 
   def loss(self, batch: dict):
     obj, tokens = self.config.objective, self.config.tokens
-    ids = torch.from_numpy(np.asarray(batch['input_ids'])).long()
-    mask = torch.from_numpy(np.asarray(batch['input_mask'])).long()
-    seg = torch.from_numpy(np.asarray(batch['segment_ids'])).long()
+    ids, mask, seg = (torch.from_numpy(np.asarray(batch[k])).long().to(self.device)
+                      for k in ('input_ids', 'input_mask', 'segment_ids'))
     obj_full = dict(obj)
     obj_full['vocab_size'] = self.config.model.vocab_size
     o = argparse.Namespace(**obj_full)
     masked, pos, w, targets = mask_inputs(self.gen, ids, mask, o, tokens)
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast == 'bfloat16'):
+    with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                        enabled=self.autocast == 'bfloat16'):
       gen_logits = self.model.generator_logits(masked, mask, seg, pos).float()  # [B, M, V]
       nll = F.cross_entropy(gen_logits.transpose(1, 2), targets, reduction='none')
       mlm = (nll * w).sum() / (w.sum() + 1e-6)
       with torch.no_grad():  # Gumbel-max sample from softmax(logits / T)
-        u = torch.rand(gen_logits.shape, generator=self.gen).clamp_(1e-20, 1.0)
+        u = torch.rand(gen_logits.shape, generator=self.gen, device=self.device)
+        u = u.clamp_(1e-20, 1.0)
         sampled = torch.argmax(gen_logits / o.temperature - torch.log(-torch.log(u)), -1)
       fake = scatter(masked, pos, sampled, w)
       labels = (fake != ids).float()
@@ -216,13 +220,14 @@ def main():
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--autocast', default='float32', choices=['float32', 'bfloat16'])
   p.add_argument('--threads', type=int, default=0, help='torch intra-op threads (0: default)')
+  p.add_argument('--device', default='cpu', help='cpu | cuda')
   a = p.parse_args()
   if a.threads:
     torch.set_num_threads(a.threads)
   sys.path.insert(0, str(Path(__file__).resolve().parent))
   import bench_step  # pylint: disable=g-import-not-at-top
   config = bench_step.make_config(a.size, a.batch, a.seq_len)
-  peer = TorchPeer(config, a.autocast)
+  peer = TorchPeer(config, a.autocast, device=a.device)
   batch = bench_step.synthetic_batch(config, seed=0)
   times = []
   for i in range(a.steps + 1):
