@@ -65,6 +65,9 @@ _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Trials run at the same time.')
 _ONLY = flags.DEFINE_list('only', [], 'Run only these trial names.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only collect results and plot.')
+_PRETRAIN_ONLY = flags.DEFINE_bool(
+    'pretrain_only', False, 'Run only the pre-training stage of every trial (then re-run '
+    'without the flag to fine-tune): all objectives get pre-trained before any fine-tuning.')
 _MAIN_CMD = flags.DEFINE_string('main_cmd', f'{shlex.quote(sys.executable)} -m electra_jax.main',
                                 'Pre-training command (tests substitute a fake).')
 _FINETUNE_CMD = flags.DEFINE_string(
@@ -216,7 +219,7 @@ def finetune_scores(task_dir: Path) -> dict:
 
 
 def run_trial(module, config_path: str, trial: Trial, root: Path, *, main_cmd: str,
-              finetune_cmd: str, dry_run: bool = False) -> dict:
+              finetune_cmd: str, dry_run: bool = False, pretrain_only: bool = False) -> dict:
   """Runs (or resumes) one trial and writes its result.json; returns the result."""
   tdir = root / trial.name
   if (tdir / 'DONE').is_file():
@@ -234,6 +237,8 @@ def run_trial(module, config_path: str, trial: Trial, root: Path, *, main_cmd: s
       if not (pre / 'export').is_dir():
         raise RuntimeError(f'[{trial.name}] pre-training exited 0 but wrote no {pre / "export"}')
       (tdir / 'pretrain.DONE').touch()
+  if pretrain_only:
+    return {}
   ft_scores = {}
   if trial.finetune:
     for task in trial.finetune['tasks']:
@@ -373,7 +378,8 @@ def report(root: Path, trials: list[Trial]) -> list[dict]:
 
 
 def run_sweep(config_path: str, root: Path, *, parallel: int = 1, only=(), dry_run=False,
-              report_only=False, main_cmd: str, finetune_cmd: str) -> list[dict]:
+              report_only=False, pretrain_only=False, main_cmd: str,
+              finetune_cmd: str) -> list[dict]:
   config_path, _, base_arg = config_path.partition(':')
   config_path = str(Path(config_path).resolve())
   module = load_module(config_path)
@@ -394,7 +400,8 @@ def run_sweep(config_path: str, root: Path, *, parallel: int = 1, only=(), dry_r
   if not report_only:
     print(f'{len(trials)} trials, {parallel} at a time, in {root}', flush=True)
     run = lambda t: run_trial(module, config_path, t, root, main_cmd=main_cmd,
-                              finetune_cmd=finetune_cmd, dry_run=dry_run)
+                              finetune_cmd=finetune_cmd, dry_run=dry_run,
+                              pretrain_only=pretrain_only)
     failures = []
     with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
       futures = {pool.submit(run, t): t for t in trials}
@@ -404,7 +411,7 @@ def run_sweep(config_path: str, root: Path, *, parallel: int = 1, only=(), dry_r
         except Exception as e:  # pylint: disable=broad-except  (report, keep the others going)
           failures.append(futures[fut].name)
           print(f'[{futures[fut].name}] FAILED: {e}', flush=True)
-    if dry_run:
+    if dry_run or pretrain_only:
       return []
     if failures:
       print(f'failed trials: {failures}; fix and re-run the same command to resume', flush=True)
@@ -419,6 +426,7 @@ def main(argv):
   try:
     run_sweep(_CONFIG.value, Path(_WORKDIR.value).resolve(), parallel=_PARALLEL.value,
               only=_ONLY.value, dry_run=_DRY_RUN.value, report_only=_REPORT_ONLY.value,
+              pretrain_only=_PRETRAIN_ONLY.value,
               main_cmd=_MAIN_CMD.value, finetune_cmd=_FINETUNE_CMD.value)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -178,6 +178,16 @@ def test_report_only_and_dry_run_run_nothing(env):
   assert not (tmp / 'runs' / 'trial_a' / 'pretrain').exists()
 
 
+def test_pretrain_only_then_finetune(env):
+  tmp, run, calls = env
+  run(arg=':size=tiny', pretrain_only=True)
+  assert {c['cmd'] for c in calls()} == {'main'}
+  assert not (tmp / 'runs' / 'trial_a' / 'DONE').exists()
+  run(arg=':size=tiny')
+  assert {c['cmd'] for c in calls()} == {'finetune'}  # pre-training is not repeated
+  assert (tmp / 'runs' / 'trial_a' / 'DONE').is_file()
+
+
 def test_only_selects_trials(env):
   _, run, calls = env
   run(arg=':size=tiny', only=['trial_b'])
