@@ -38,6 +38,7 @@ class Pretrained:
   params: Any
   vocab: Path | None = None  # vocab.txt that the weights were trained with
   lowercase: bool | None = None
+  vocab_tokens: list | None = None  # the vocab in id order, when there is no vocab.txt
 
 
 def detect_kind(path: Path) -> str:
@@ -90,11 +91,11 @@ def _load_huggingface(path: Path) -> Pretrained:
   except ImportError as e:
     raise ImportError(f'init_checkpoint {path} is a Hugging Face dir, but the importer '
                       f'electra_jax.interop.huggingface is not available: {e}') from None
-  converted = hf.load_hf(path)
-  params = converted.params
+  converted = hf.load_hf(path)  # Logs any head it drops (MLM, RTD, a classifier).
   vocab = path / 'vocab.txt'
-  return Pretrained(str(path), 'huggingface', converted.model, params,
-                    vocab if vocab.is_file() else None, converted.lowercase)
+  return Pretrained(str(path), 'huggingface', converted.model, converted.params,
+                    vocab if vocab.is_file() else None, converted.lowercase,
+                    None if vocab.is_file() else converted.vocab)
 
 
 def builtin_vocab() -> Path:
@@ -117,6 +118,10 @@ def load_tokenizer(vocab: str, ckpt: Pretrained | None,
     path = Path(vocab)
   elif ckpt is not None and ckpt.vocab is not None:
     path = ckpt.vocab
+  elif ckpt is not None and ckpt.vocab_tokens:  # e.g. an HF dir with tokenizer.json only
+    tok = tok_lib.WordPieceTokenizer(ckpt.vocab_tokens, lowercase=lowercase, name=ckpt.path)
+    log.info('vocab of %s: %d tokens, lowercase=%s', ckpt.path, tok.vocab_size, lowercase)
+    return tok
   else:
     where = f'init_checkpoint {ckpt.path} has no vocab.txt' if ckpt else 'random init'
     raise ValueError(f'no vocab: {where}; set --config.data.vocab=/path/to/vocab.txt '

@@ -281,3 +281,40 @@ def test_multiseed_median_and_spread(tmp_path):
   assert acc['std'] == pytest.approx(np.std(list(scores.values())))
   assert summary['dev']['dev']['f1']['median'] == pytest.approx(0.35)
   assert json.loads((tmp_path / 'multiseed.json').read_text())['dev'] == summary['dev']
+
+
+def test_init_from_huggingface_dir(tmp_path):
+  """An HF ElectraForSequenceClassification dir: encoder loaded, HF head dropped, ours missing."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  hf_cfg = transformers.ElectraConfig(
+      vocab_size=len(VOCAB), embedding_size=16, hidden_size=32, num_hidden_layers=1,
+      num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+  torch.manual_seed(0)
+  hf = transformers.ElectraForSequenceClassification(hf_cfg).eval()
+  d = tmp_path / 'hf'
+  hf.save_pretrained(d)
+  (d / 'vocab.txt').write_text('\n'.join(VOCAB) + '\n')
+  ckpt = pretrained.load(str(d))
+  assert ckpt.kind == 'huggingface' and ckpt.vocab == d / 'vocab.txt'
+  config = _config('rte', tmp_path)
+  task = finetune.build_task(config)
+  model_cfg = electra.ModelConfig.from_config(ckpt.model_config)
+  model = finetune.build_model(model_cfg, task, config)
+  params_shape = nn.meta.unbox(jax.eval_shape(
+      lambda r: finetune._init_params(model, 32, r), jax.random.key(0)))
+  tx, _ = finetune.make_optimizer(config, params_shape, 1, 10)
+  mesh = finetune.sharding.make_mesh(config.mesh)
+  state, _, missing, unexpected = finetune.create_state(model, tx, mesh, 32, jax.random.key(0),
+                                                        ckpt.params)
+  assert missing == ['classifier/dense/bias', 'classifier/dense/kernel'] and unexpected == []
+  # Same encoder output as the HF model's body.
+  ids = np.array([[2, 7, 8, 9, 3, 0]], np.int32)
+  mask = (ids > 0).astype(np.int32)
+  params = jax.device_get(state.params)
+  enc = {k: params[k] for k in ('embeddings', 'discriminator')}
+  ours = electra.ElectraModel(model_cfg).apply({'params': enc}, ids, mask, 0 * ids, True)
+  with torch.no_grad():
+    theirs = hf.electra(input_ids=torch.tensor(ids, dtype=torch.long),
+                        attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state
+  np.testing.assert_allclose(np.asarray(ours)[0, :5], theirs.numpy()[0, :5], atol=2e-4)
