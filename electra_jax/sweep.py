@@ -178,14 +178,21 @@ def finetune_command(finetune_cmd: str, ft: dict, task: str, export: Path, workd
 
 
 def _run(cmd: list[str], log_path: Path, dry_run: bool) -> None:
+  """Runs `cmd` from the repo root, appending its output to `log_path`; adds the
+  wall time to logs/timings.json (seconds per stage, summed over resumed runs)."""
   print('  $ ' + ' '.join(shlex.quote(c) for c in cmd), flush=True)
   if dry_run:
     return
   log_path.parent.mkdir(parents=True, exist_ok=True)
+  t0 = time.time()
   with open(log_path, 'a') as log:
     log.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} {" ".join(cmd)}\n')
     log.flush()
     rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+  timings_path = log_path.parent / 'timings.json'
+  timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+  timings[log_path.stem] = round(timings.get(log_path.stem, 0.0) + time.time() - t0, 1)
+  timings_path.write_text(json.dumps(timings, indent=1, sort_keys=True))
   if rc != 0:
     raise RuntimeError(f'command failed with exit code {rc} (log: {log_path}): {" ".join(cmd)}')
 
@@ -280,6 +287,11 @@ def collect(config, trial: Trial, tdir: Path, ft_scores: dict) -> dict:
          isinstance(v, (int, float))},
       **{f'override.{k}': v for k, v in trial.overrides.items()},
   }
+  timings_path = tdir / 'logs' / 'timings.json'
+  if timings_path.is_file():
+    t = json.loads(timings_path.read_text())
+    out['pretrain_wall_s'] = t.get('pretrain')
+    out['finetune_wall_s'] = round(sum(v for k, v in t.items() if k.startswith('finetune')), 1)
   for task, s in ft_scores.items():
     out[f'{task}_{s["metric"]}'] = 100.0 * s['median']
     out[f'{task}_seeds'] = ' '.join(f'{100 * v:.1f}' for v in s['values'])

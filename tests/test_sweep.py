@@ -160,6 +160,7 @@ def test_runs_skips_completed_and_resumes_interrupted(env, monkeypatch):
   assert by_name['trial_a']['steps'] == 10
   assert by_name['trial_a']['eval_disc_accuracy'] == 0.95
   assert by_name['trial_a']['pretrain_flops'] > 0
+  assert by_name['trial_a']['pretrain_wall_s'] > 0 and by_name['trial_a']['finetune_wall_s'] > 0
   assert 'glue' not in by_name['objective-bert_mlm_generator_fraction-1_sharing-all']
   for f in ('results.csv', 'results.md', 'glue_vs_flops.png', 'glue_vs_generator_size.png'):
     assert (runs / f).stat().st_size > 0, f
