@@ -112,17 +112,21 @@ class Checkpointer:
         state=ocp.args.StandardRestore(self.abstract_state),
         loader=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
     meta, loader = dict(out['meta']), dict(out['loader'])
+    states = loader['states']
     if loader['process_count'] != jax.process_count():
-      raise ValueError(f'checkpoint {step} was written by {loader["process_count"]} processes but '
-                       f'this run has {jax.process_count()}; the data position is per host, so '
-                       'resume with the same number of hosts')
+      # Fine when every host saved the same (global) position; a per-host one cannot be mapped.
+      if any(s != states[0] for s in states):
+        raise ValueError(f'checkpoint {step} was written by {loader["process_count"]} processes '
+                         f'with per-host data positions but this run has {jax.process_count()}; '
+                         'resume with the same number of hosts')
+      states = [states[0]] * jax.process_count()
     rng = jax.random.wrap_key_data(np.asarray(meta['rng_key_data'], np.uint32),
                                    impl=meta['rng_impl'])
     state_step = int(jax.device_get(out['state'].step))
     if state_step != step:
       raise ValueError(f'checkpoint directory {step} holds a state at step {state_step}')
     return Restored(step=step, state=out['state'],
-                    loader_state=loader['states'][jax.process_index()], rng=rng, meta=meta)
+                    loader_state=states[jax.process_index()], rng=rng, meta=meta)
 
   def restore_latest(self) -> Restored | None:
     """Restores the newest checkpoint that loads; None when there is none at all.
