@@ -9,6 +9,7 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -264,7 +265,8 @@ def random_pretrainer(spec, sharing, seed=0):
       generator_fraction=spec['frac'], sharing=sharing)
   cfg = electra.ModelConfig.from_config(model)
   z = jnp.zeros((1, 4), jnp.int32)
-  params = electra.Pretrainer(cfg).init(jax.random.key(seed), z, z + 1, z, None, True)['params']
+  init = jax.jit(lambda r: electra.Pretrainer(cfg).init(r, z, z + 1, z, None, True)['params'])
+  params = init(jax.random.key(seed))
   params = common.to_numpy(params)
   leaves, tree = jax.tree.flatten(params)
   rs = np.random.RandomState(seed)
@@ -398,6 +400,9 @@ def test_tf1_checkpoint_matches_hf_import(name, tie, tmp_path):
   assert got.kind == 'pretrainer' and got.model == want.model
   assert got.model['sharing'] == ('embeddings' if tie else 'none')
   assert common.same_arrays(got.params, want.params)
+  convert.main(['--from', 'tf1', '--to', 'hf', str(tmp_path / 'tf1'), str(tmp_path / 'hf'),
+                '--num-heads', str(spec['heads'])])
+  assert common.same_arrays(convert.import_hf(tmp_path / 'hf').params, want.params)
 
   # Discriminator-only checkpoint (what fine-tuning releases look like).
   (tmp_path / 'tf1d').mkdir()
@@ -415,19 +420,25 @@ def test_tf1_checkpoint_matches_hf_import(name, tie, tmp_path):
 # ----------------------------------------------------------------------------- training from imports
 
 
-def test_continued_pretraining_from_import(tmp_path):
+def pretrain_config_for(conv):
+  """The tiny test config with config.model sized like the imported pair."""
   from conftest import tiny_config
+  config = tiny_config()
+  config.model.update({k: conv.model[k] for k in convert.STRUCTURE})
+  config.model.layer_norm_eps = conv.model['layer_norm_eps']
+  config.tokens.update(pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4)
+  config.train.seq_len = MAX_POS
+  config.objective.max_predictions_per_seq = 3
+  return config
+
+
+def test_continued_pretraining_from_import(tmp_path):
   from electra_jax import sharding
   from electra_jax import train
   spec = CONFIGS['proj_1layer']
   make_hf_pair(spec, tmp_path)
   pair = convert.import_hf(tmp_path / 'disc', tmp_path / 'gen')
-  config = tiny_config()
-  config.model.update({k: pair.model[k] for k in convert.STRUCTURE})
-  config.model.layer_norm_eps = pair.model['layer_norm_eps']
-  config.tokens.update(pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4)
-  config.train.seq_len = MAX_POS
-  config.objective.max_predictions_per_seq = 3
+  config = pretrain_config_for(pair)
   mesh = sharding.make_mesh(config.mesh)
   model = train.build_model(config)
   tx, schedule = train.build_optimizer(config)
@@ -450,6 +461,30 @@ def test_continued_pretraining_from_import(tmp_path):
     convert.check_compatible(pair, bad)
 
 
+@pytest.mark.slow
+def test_pretraining_workdir_exports_to_hf(tmp_path):
+  """A run's latest orbax checkpoint -> HF pair (CLI) -> the same weights."""
+  from electra_jax import checkpoint
+  from electra_jax import sharding
+  from electra_jax import train
+  conv = random_pretrainer(CONFIGS['proj_1layer'], 'none', seed=5)
+  config = pretrain_config_for(conv)
+  mesh = sharding.make_mesh(config.mesh)
+  model = train.build_model(config)
+  tx, _ = train.build_optimizer(config)
+  state, _ = convert.init_train_state(config, model, tx, mesh, conv)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(config.to_json())
+  ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False,
+                                 abstract_state=train.abstract_train_state(config, model, tx, mesh))
+  ckpt.save(0, state, {}, jax.random.key(0))
+  ckpt.close()
+  convert.main(['--from', 'electra_jax', '--to', 'hf', str(workdir), str(tmp_path / 'out')])
+  back = convert.import_hf(tmp_path / 'out')
+  assert back.model == conv.model and common.same_arrays(back.params, conv.params)
+
+
 def test_finetuning_starts_from_hf_weights(tmp_path):
   """electra_jax.pretrained.load (fine-tuning's loader) reads an HF dir through interop."""
   pretrained = pytest.importorskip('electra_jax.pretrained')
@@ -462,3 +497,16 @@ def test_finetuning_starts_from_hf_weights(tmp_path):
   cfg = electra.ModelConfig.from_config(ckpt.model_config)
   assert cfg.discriminator == electra.ModelConfig.from_config(
       convert.import_hf(tmp_path / 'disc').model).discriminator
+
+  # The fine-tuning state: body from the checkpoint, only the task head initialised.
+  finetune = pytest.importorskip('electra_jax.finetune')
+  heads = pytest.importorskip('electra_jax.models.heads')
+  from electra_jax import sharding
+  import optax
+  model = heads.FinetuneModel(cfg, heads.HeadConfig(kind='classification', num_labels=3))
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
+  state, _, missing, unexpected = finetune.create_state(model, optax.adamw(1e-4), mesh, MAX_POS,
+                                                        jax.random.key(0), ckpt.params)
+  assert unexpected == [] and missing and all(k.startswith('classifier/') for k in missing)
+  body = {k: v for k, v in common.to_numpy(state.params).items() if k != 'classifier'}
+  assert common.same_arrays(body, ckpt.params)
