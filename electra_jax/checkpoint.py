@@ -172,6 +172,10 @@ class Checkpointer:
     self._manager.close()
     self._manager = self._open()
 
+  def reached_preemption(self, step: int) -> bool:
+    """True on every host once JAX's preemption notifier has agreed to stop at `step`."""
+    return self._manager.reached_preemption(step)
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

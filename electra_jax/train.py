@@ -182,14 +182,24 @@ class NonFiniteError(FloatingPointError):
 
 
 class _Preemption:
-  """Turns SIGTERM/SIGINT into a flag the loop polls between steps."""
+  """Turns SIGTERM/SIGINT into a stop request the loop polls between steps.
 
-  def __init__(self):
+  One process: our own handlers set a flag. Several processes must all stop at
+  the same step, so there SIGTERM is left to JAX's preemption notifier (the
+  coordination service agrees on a sync step, asked through orbax's
+  `reached_preemption`), and only SIGINT is caught here; every host polls the
+  agreed answer, never its own local flag.
+  """
+
+  def __init__(self, ckpt):
     self.signal = None
+    self._ckpt = ckpt
     self._old = {}
+    self._multi = jax.process_count() > 1
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    sigs = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)
+    for sig in sigs:
       try:
         self._old[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread (e.g. a notebook worker): no handler
@@ -201,6 +211,15 @@ class _Preemption:
     if self.signal is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C: stop now
     self.signal = signal.Signals(signum).name
+
+  def requested(self, step: int) -> bool:
+    """Whether to save and stop after `step` (identical on every host)."""
+    if not self._multi:
+      return self.signal is not None
+    if self._ckpt.reached_preemption(step):
+      self.signal = self.signal or 'preemption'
+      return True
+    return False
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
@@ -257,16 +276,24 @@ def load_data(config, cache_dir=None):
       config.seed, cache_dir)
 
 
+def _flatten(d: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
 def _write_config(config, workdir) -> None:
+  """workdir/config.json := the resolved config; warns about keys changed since the last run."""
   path = workdir / 'config.json'
   new = json.loads(config.to_json())
   if path.exists():
-    old = json.loads(path.read_text())
-    flat = lambda d, p='': ({f'{p}{k}': v for k0, v0 in d.items()  # noqa: E731
-                             for k, v in flat(v0, f'{k0}.').items()} if isinstance(d, dict)
-                            else {p[:-1]: d})
-    changed = sorted(k for k in set(flat(old)) | set(flat(new))
-                     if flat(old).get(k) != flat(new).get(k))
+    old, cur = _flatten(json.loads(path.read_text())), _flatten(new)
+    changed = sorted(k for k in set(old) | set(cur) if old.get(k) != cur.get(k))
     if changed:
       logging.warning('config differs from the previous run in this workdir: %s', changed)
   if jax.process_index() == 0:
@@ -295,7 +322,6 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   FileNotFoundError for bad configs, data or workdirs. On SIGTERM/SIGINT it saves
   a checkpoint and returns with summary['preempted'] set.
   """
-
   workdir = prepare_workdir(workdir)
   t = config.train
   mesh = sharding.make_mesh(config.mesh)
@@ -303,7 +329,7 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   model = build_model(config)  # validates config.model before the (slow) data build
   obj_cfg = objectives.ObjectiveConfig.from_config(config)
   data = load_data(config, cache_dir)
-  check_vocab(config, data.tokenizer, str(getattr(data, 'data_dir', '')))
+  check_vocab(config, data.tokenizer, str(data.data_dir))
   _write_config(config, workdir)
 
   tx, schedule = build_optimizer(config)
@@ -311,6 +337,9 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   ckpt = checkpoint.Checkpointer(workdir, t.keep_checkpoints, abstract)
   init_rng, rng = jax.random.split(jax.random.key(config.seed))
   restored = ckpt.restore_latest()
+  if export_only and restored is None:
+    ckpt.close()
+    raise FileNotFoundError(f'--export_only: no checkpoint in {ckpt.directory} to export')
   if restored is not None:
     saved_hash = restored.meta.get('vocab_hash')
     if saved_hash and saved_hash != data.tokenizer.vocab_hash:
@@ -385,8 +414,9 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   step = start
   pending = None
   try:
-    with _Preemption() as preempt:
-      while step < t.num_steps and preempt.signal is None:
+    with _Preemption(ckpt) as preempt:
+      stop = False
+      while step < t.num_steps and not stop:
         batch = sharding.global_batch(next(train_iter), mesh)
         state, metrics = train_step(state, batch, rng)
         step += 1
@@ -394,12 +424,13 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
           handle(*pending)  # step - 1: fetched after step was dispatched
         pending = (step, metrics)
         bar.update(1)
+        stop = preempt.requested(step)
         ckpt_due = step % t.checkpoint_every == 0 or step == t.num_steps
         eval_due = bool(eval_batches) and (step % t.eval_every == 0 or step == t.num_steps)
-        if ckpt_due or eval_due or preempt.signal is not None:
+        if ckpt_due or eval_due or stop:
           handle(*pending)  # never save a state whose step was not checked
           pending = None
-        if ckpt_due or preempt.signal is not None:
+        if ckpt_due or stop:
           ckpt.save(step, state, data.train.get_state(), rng, extra_meta)
         if eval_due:
           run_eval(step)
@@ -407,7 +438,7 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
           clock.update(time=time.perf_counter(), step=step)  # keep evals out of seq_per_s
       if pending is not None:
         handle(*pending)
-      summary['preempted'] = preempt.signal
+      summary['preempted'] = preempt.signal if stop else None
   finally:
     bar.close()
     ckpt.close()  # waits for the async saves in flight
