@@ -197,8 +197,9 @@ def electra_model_params(conv: common.Converted) -> dict:
 def check_compatible(conv: common.Converted, model_config) -> None:
   """Raises ValueError naming each structural config.model field that disagrees with `conv`."""
   want = dict(model_config)
-  bad = [f'{k}: checkpoint {conv.model[k]!r}, config {want[k]!r}' for k in STRUCTURE
-         if k in want and want[k] != conv.model[k]]
+  bad = [f'{k}: checkpoint {conv.model[k]!r}, config {want[k]!r}'
+         for k in STRUCTURE + common.EXPLICIT_GENERATOR
+         if k in want and k in conv.model and want[k] != conv.model[k]]
   if bad:
     raise ValueError(f'imported {conv.kind} weights do not fit config.model: ' + '; '.join(bad))
 

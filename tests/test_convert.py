@@ -8,7 +8,6 @@ import json
 import shutil
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -182,6 +181,30 @@ def test_hf_pair_sharing_follows_weights(tmp_path):
                mask)
 
 
+def test_generator_off_the_derivation_rule(tmp_path):
+  """HF pairs whose generator heads / FFN are hand-picked need explicit generator sizes."""
+  if not common._has_explicit_generator():  # pylint: disable=protected-access
+    pytest.skip('ModelConfig has no explicit generator size fields (see fit_generator)')
+  spec = CONFIGS['proj_1layer']
+  dcfg, _ = hf_configs(spec)
+  gcfg = transformers.ElectraConfig(**{**dcfg.to_dict(), 'hidden_size': 16,
+                                       'num_attention_heads': 2, 'intermediate_size': 48})
+  disc = randomize(transformers.ElectraForPreTraining(dcfg), 6)
+  gen = randomize(transformers.ElectraForMaskedLM(gcfg), 7)
+  disc.save_pretrained(tmp_path / 'disc')
+  gen.save_pretrained(tmp_path / 'gen')
+  pair = convert.import_hf(tmp_path / 'disc', tmp_path / 'gen')
+  gen_cfg = pair.model_config.generator
+  assert (gen_cfg.hidden_size, gen_cfg.num_heads, gen_cfg.intermediate_size) == (16, 2, 48)
+  ids, mask, seg = inputs(spec)
+  gen_logits, disc_logits = both_logits(pair, ids, mask, seg)
+  assert_close(gen_logits, torch_logits(gen, ids, mask, seg), mask)
+  assert_close(disc_logits, torch_logits(disc, ids, mask, seg), mask)
+  convert.export_hf(pair, tmp_path / 'out')
+  back = convert.import_hf(tmp_path / 'out')
+  assert back.model == pair.model and common.same_arrays(back.params, pair.params)
+
+
 def test_hf_pytorch_bin_with_tied_head_and_buffers(tmp_path):
   """Older hub files: pytorch_model.bin with the tied lm head and position_ids stored."""
   spec = CONFIGS['proj_1layer']
@@ -246,32 +269,37 @@ def test_mismatches_name_parameter_and_shapes(tmp_path):
        for k in ('electra.embeddings.word_embeddings.weight', 'generator_lm_head.bias')}))
   with pytest.raises(ValueError, match='generator vocab_size=62 but discriminator vocab_size=61'):
     convert.import_hf(tmp_path / 'disc', tmp_path / 'gen', strict=False)
-  with pytest.raises(ValueError, match=r"generator sizes \{'hidden': 16, 'heads': 2"):
-    common.fit_generator(hidden=32, num_heads=2, intermediate=64, num_layers=1, gen_hidden=16,
-                         gen_heads=2, gen_intermediate=64, gen_layers=1,
-                         base=common.model_dict(vocab_size=61, embedding_size=16, hidden_size=32,
-                                                num_layers=1, num_heads=2, intermediate_size=64))
+  fit = lambda **gen: common.fit_generator(  # noqa: E731
+      hidden=32, num_heads=2, intermediate=64, num_layers=1, **gen,
+      base=common.model_dict(vocab_size=61, embedding_size=16, hidden_size=32, num_layers=1,
+                             num_heads=2, intermediate_size=64))
+  assert fit(gen_hidden=16, gen_heads=1, gen_intermediate=64, gen_layers=1) == {
+      'generator_fraction': 0.5}
+  with pytest.raises(ValueError, match=r"generator sizes .*'layers': 2.*none for depth"):
+    fit(gen_hidden=16, gen_heads=1, gen_intermediate=64, gen_layers=2)
+  off_rule = dict(gen_hidden=16, gen_heads=2, gen_intermediate=48, gen_layers=1)
+  if common._has_explicit_generator():  # pylint: disable=protected-access
+    assert fit(**off_rule)['generator_num_heads'] == 2
+  else:
+    with pytest.raises(ValueError, match=r"generator sizes \{'hidden': 16, 'heads': 2"):
+      fit(**off_rule)
 
 
 # ----------------------------------------------------------------------------- export
 
 
 def random_pretrainer(spec, sharing, seed=0):
-  """electra_jax Pretrainer params with every leaf perturbed (biases and LayerNorms too)."""
+  """Random electra_jax Pretrainer params (biases and LayerNorms random too: nothing hides)."""
   model = common.model_dict(
       vocab_size=spec['vocab'], embedding_size=spec['emb'], hidden_size=spec['hidden'],
       num_layers=spec['layers'], num_heads=spec['heads'], intermediate_size=spec['inter'],
       max_position_embeddings=MAX_POS, type_vocab_size=spec['types'],
       generator_fraction=spec['frac'], sharing=sharing)
-  cfg = electra.ModelConfig.from_config(model)
-  z = jnp.zeros((1, 4), jnp.int32)
-  init = jax.jit(lambda r: electra.Pretrainer(cfg).init(r, z, z + 1, z, None, True)['params'])
-  params = init(jax.random.key(seed))
-  params = common.to_numpy(params)
-  leaves, tree = jax.tree.flatten(params)
+  shapes = common.expected_shapes(electra.ModelConfig.from_config(model), 'pretrainer')
   rs = np.random.RandomState(seed)
-  leaves = [x + rs.normal(0, 0.1, x.shape).astype(np.float32) for x in leaves]
-  return common.Converted('pretrainer', model, jax.tree.unflatten(tree, leaves))
+  flat = {p: (rs.normal(0, 0.1, shape) + (p[-1] == 'scale')).astype(np.float32)
+          for p, shape in shapes.items()}
+  return common.Converted('pretrainer', model, common.unflatten(flat))
 
 
 def load_hf(cls, path):

@@ -213,31 +213,48 @@ def tokens_from_vocab(vocab: list | None) -> dict | None:
   return {k: index[t] for k, t in SPECIAL_TOKENS.items()}
 
 
+# Optional explicit generator sizes (0 = derived); used when ModelConfig has them.
+EXPLICIT_GENERATOR = ('generator_hidden_size', 'generator_num_heads',
+                      'generator_intermediate_size')
+
+
+def _has_explicit_generator() -> bool:
+  names = {f.name for f in dataclasses.fields(electra.ModelConfig)}
+  return all(n in names for n in EXPLICIT_GENERATOR)
+
+
 def fit_generator(*, hidden: int, num_heads: int, intermediate: int, num_layers: int,
                   gen_hidden: int, gen_heads: int, gen_intermediate: int, gen_layers: int,
-                  base: Mapping) -> float:
-  """The generator_fraction that makes ModelConfig derive exactly these generator sizes.
+                  base: Mapping) -> dict:
+  """config.model fields that make ModelConfig build exactly these generator sizes.
 
   ModelConfig derives the generator as hidden = round(H * f), heads =
   max(1, hidden // 64), FFN = 4 * hidden, same depth (f = 1: the
-  discriminator's sizes). A checkpoint whose generator does not follow that
-  rule raises, naming both sets of sizes.
+  discriminator's sizes); that gives {'generator_fraction': f}. Sizes off that
+  rule use explicit generator size fields where ModelConfig has them, and
+  otherwise raise, naming both sets of sizes.
   """
   got = dict(hidden=gen_hidden, heads=gen_heads, intermediate=gen_intermediate, layers=gen_layers)
   frac = 1.0 if gen_hidden == hidden else gen_hidden / hidden
-  trial = electra.ModelConfig.from_config(
-      {**base, 'hidden_size': hidden, 'num_heads': num_heads, 'intermediate_size': intermediate,
-       'num_layers': num_layers, 'generator_fraction': frac}).generator
+  disc = {**base, 'hidden_size': hidden, 'num_heads': num_heads, 'intermediate_size': intermediate,
+          'num_layers': num_layers}
+  if _has_explicit_generator():
+    disc.update({n: 0 for n in EXPLICIT_GENERATOR})
+  trial = electra.ModelConfig.from_config({**disc, 'generator_fraction': frac}).generator
   derived = dict(hidden=trial.hidden_size, heads=trial.num_heads,
                  intermediate=trial.intermediate_size, layers=trial.num_layers)
-  if derived != got:
-    raise ValueError(
-        f'generator sizes {got} do not follow electra_jax ModelConfig\'s derived generator '
-        f'for discriminator hidden={hidden}, heads={num_heads}, intermediate={intermediate}, '
-        f'layers={num_layers} and generator_fraction={frac:.6g}: that gives {derived} '
-        '(hidden=round(H*f), heads=max(1, hidden//64), intermediate=4*hidden, same depth); '
-        'ModelConfig has no explicit generator size fields yet')
-  return frac
+  if derived == got:
+    return {'generator_fraction': frac}
+  if gen_layers == num_layers and _has_explicit_generator():
+    return {'generator_fraction': frac, 'generator_hidden_size': gen_hidden,
+            'generator_num_heads': gen_heads, 'generator_intermediate_size': gen_intermediate}
+  raise ValueError(
+      f'generator sizes {got} do not follow electra_jax ModelConfig\'s derived generator '
+      f'for discriminator hidden={hidden}, heads={num_heads}, intermediate={intermediate}, '
+      f'layers={num_layers} and generator_fraction={frac:.6g}: that gives {derived} '
+      '(hidden=round(H*f), heads=max(1, hidden//64), intermediate=4*hidden, same depth), and '
+      'ModelConfig has no explicit generator size fields' +
+      (' (and none for depth)' if gen_layers != num_layers else ''))
 
 
 def same_arrays(a: Mapping, b: Mapping) -> bool:
@@ -266,14 +283,15 @@ def combine_pair(disc: Converted, gen: Converted) -> Converted:
     if d[key] != g[key]:
       raise ValueError(f'generator {key}={g[key]} but discriminator {key}={d[key]}; the pair '
                        'must agree')
-  frac = fit_generator(hidden=d['hidden_size'], num_heads=d['num_heads'],
+  gen_fields = fit_generator(hidden=d['hidden_size'], num_heads=d['num_heads'],
                        intermediate=d['intermediate_size'], num_layers=d['num_layers'],
                        gen_hidden=g['hidden_size'], gen_heads=g['num_heads'],
                        gen_intermediate=g['intermediate_size'], gen_layers=g['num_layers'],
                        base=d)
   dp, gp = disc.params, gen.params
   shared_emb = same_arrays(dp['embeddings'], gp['embeddings'])
-  if shared_emb and frac == 1.0 and same_arrays(dp['discriminator'], gp['generator']):
+  same_size = g['hidden_size'] == d['hidden_size'] and len(gen_fields) == 1
+  if shared_emb and same_size and same_arrays(dp['discriminator'], gp['generator']):
     sharing = 'all'
   else:
     sharing = 'embeddings' if shared_emb else 'none'
@@ -286,7 +304,7 @@ def combine_pair(disc: Converted, gen: Converted) -> Converted:
     params['embeddings'] = dp['embeddings']
   if sharing != 'all':
     params['generator'] = gp['generator']
-  model = model_dict(**{**d, 'generator_fraction': frac, 'sharing': sharing})
+  model = model_dict(**{**d, **gen_fields, 'sharing': sharing})
   check_tree(params, expected_shapes(electra.ModelConfig.from_config(model), 'pretrainer'),
              what='combined generator + discriminator', model=model)
   if disc.vocab and gen.vocab and disc.vocab != gen.vocab:
@@ -299,9 +317,12 @@ def combine_pair(disc: Converted, gen: Converted) -> Converted:
 def generator_model(model: Mapping) -> dict:
   """A Pretrainer's config.model -> the config of its generator as a tower of its own."""
   gen = electra.ModelConfig.from_config(model).generator
-  return model_dict(**{**model, 'hidden_size': gen.hidden_size, 'num_heads': gen.num_heads,
-                       'intermediate_size': gen.intermediate_size, 'generator_fraction': 1.0,
-                       'sharing': 'embeddings'})
+  fields = {**model, 'hidden_size': gen.hidden_size, 'num_heads': gen.num_heads,
+            'intermediate_size': gen.intermediate_size, 'generator_fraction': 1.0,
+            'sharing': 'embeddings'}
+  if _has_explicit_generator():
+    fields.update({n: 0 for n in EXPLICIT_GENERATOR})
+  return model_dict(**fields)
 
 
 def single_tower(conv: Converted, kind: str) -> Converted:
@@ -315,7 +336,10 @@ def single_tower(conv: Converted, kind: str) -> Converted:
       model, params = generator_model(m), electra.generator_params(p, cfg.sharing)
     else:
       # Single-tower kinds describe just their tower: no generator fraction, no sharing.
-      model = model_dict(**{**m, 'generator_fraction': 1.0, 'sharing': 'embeddings'})
+      model = {**m, 'generator_fraction': 1.0, 'sharing': 'embeddings'}
+      if _has_explicit_generator():
+        model.update({n: 0 for n in EXPLICIT_GENERATOR})
+      model = model_dict(**model)
       params = electra.discriminator_params(p, cfg.sharing)
       if kind == 'discriminator':
         params = {**params, 'discriminator_predictions': p['discriminator_predictions']}

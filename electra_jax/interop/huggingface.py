@@ -215,6 +215,7 @@ def hf_config(conv: common.Converted, architecture: str) -> dict:
       'layer_norm_eps': m['layer_norm_eps'],
       'position_embedding_type': 'absolute',
       'tie_word_embeddings': True,
+      'dtype': 'float32',
       'summary_type': 'first',
       'summary_use_proj': True,
       'summary_activation': 'gelu',

@@ -109,12 +109,12 @@ def infer_model(shapes: dict, num_heads: int | None = None, **overrides) -> tupl
           f'generator/embeddings/word_embeddings has shape '
           f'{tuple(shapes["generator/embeddings/word_embeddings"])} but {word} has '
           f'{tuple(shapes[word])}: electra_jax needs one embedding_size for both towers')
-    frac = common.fit_generator(
+    gen_fields = common.fit_generator(
         hidden=disc['hidden'], num_heads=heads, intermediate=disc['intermediate'],
         num_layers=disc['layers'], gen_hidden=gen['hidden'],
         gen_heads=max(1, gen['hidden'] // 64) if gen['hidden'] != disc['hidden'] else heads,
         gen_intermediate=gen['intermediate'], gen_layers=gen['layers'], base=base)
-    return 'pretrainer', common.model_dict(**{**base, 'generator_fraction': frac,
+    return 'pretrainer', common.model_dict(**{**base, **gen_fields,
                                              'sharing': 'none' if untied else 'embeddings'})
   if 'generator_predictions/output_bias' in shapes:
     # One transformer serves as generator and discriminator (untied_generator=False).
