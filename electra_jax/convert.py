@@ -19,6 +19,7 @@ is read too, from its latest checkpoint.
 Python:
   conv = import_hf('disc_dir', generator='gen_dir')  # Converted: kind, model, params, vocab
   conv = import_tf1('electra_small/')
+  conv = wrap(state.params, config.model)            # this codebase's params
   export_hf(conv, 'out_hf')                          # {'discriminator': path, 'generator': path}
   save_electra_jax(conv, 'out'); conv = load_electra_jax('out')
   params = electra_model_params(conv)                # ElectraModel params, for fine-tuning
@@ -79,6 +80,21 @@ def import_tf1(path: str | os.PathLike, *, num_heads: int | None = None,
   """An original TF1 ELECTRA checkpoint -> Converted (see electra_jax.interop.tf1)."""
   return tf1.import_checkpoint(path, num_heads=num_heads, vocab=vocab, lowercase=lowercase,
                                strict=strict, **overrides)
+
+
+def wrap(params, model_config, *, tokens=None, vocab=None, lowercase=None) -> common.Converted:
+  """Params from this codebase (a train state's, an ElectraModel's, ...) -> Converted.
+
+  The kind follows the tree's top-level keys; `model_config` is config.model
+  (ConfigDict or dict) as the params were built with.
+  """
+  params = common.to_numpy(params)
+  kind = common.kind_of(params)
+  model = common.model_dict(**dict(model_config))
+  common.check_tree(params, common.expected_shapes(electra.ModelConfig.from_config(model), kind),
+                    what=f'{kind} params', model=model)
+  return common.Converted(kind, model, params, tokens=None if tokens is None else dict(tokens),
+                          vocab=None if vocab is None else list(vocab), lowercase=lowercase)
 
 
 # ----------------------------------------------------------------------------- export

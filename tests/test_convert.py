@@ -481,7 +481,10 @@ def test_continued_pretraining_from_import(tmp_path):
     state, metrics = step(state, batch, jax.random.key(0))
   assert int(state.step) == 2 and np.isfinite(float(metrics['loss']))
   assert float(metrics['grad_norm']) > 0
-  assert not common.same_arrays(common.to_numpy(state.params), pair.params)
+  trained = convert.wrap(state.params, config.model)
+  assert trained.kind == 'pretrainer' and not common.same_arrays(trained.params, pair.params)
+  convert.export_hf(trained, tmp_path / 'out')  # and back out to Hugging Face
+  assert common.same_arrays(convert.import_hf(tmp_path / 'out').params, trained.params)
 
   bad = dict(config.model)
   bad['vocab_size'] = 99
