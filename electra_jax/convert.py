@@ -322,4 +322,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  try:
+    main(sys.argv[1:])
+  except (ValueError, FileNotFoundError, ImportError) as e:  # one line, not a traceback
+    sys.exit(f'electra_jax.convert: error: {e}')

@@ -245,7 +245,8 @@ def test_mismatches_name_parameter_and_shapes(tmp_path):
   with pytest.raises(ValueError, match=rf'{word} has shape \(61, 16\).*\(70, 16\).*vocab_size=70'):
     convert.import_hf(tmp_path / 'disc')
   _edit_config(tmp_path / 'disc' / 'config.json', vocab_size=61, embedding_size=20)
-  with pytest.raises(ValueError, match=rf'{word} has shape \(61, 16\).*\(61, 20\).*embedding_size=20'):
+  with pytest.raises(ValueError,
+                     match=rf'{word} has shape \(61, 16\).*\(61, 20\).*embedding_size=20'):
     convert.import_hf(tmp_path / 'disc')
   _edit_config(tmp_path / 'disc' / 'config.json', embedding_size=16)
 
@@ -445,7 +446,7 @@ def test_tf1_checkpoint_matches_hf_import(name, tie, tmp_path):
     convert.import_tf1(tmp_path / 'tf1d', num_heads=spec['heads'], embedding_size=8)
 
 
-# ----------------------------------------------------------------------------- training from imports
+# ----------------------------------------------------------------------------- training
 
 
 def pretrain_config_for(conv):

@@ -57,7 +57,8 @@ def _load(path: str | os.PathLike):
   try:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError('reading TF1 checkpoints needs tensorflow (pip install tensorflow-cpu)') from e
+    raise ImportError('reading TF1 checkpoints needs tensorflow '
+                      '(pip install tensorflow-cpu)') from e
   p = Path(path)
   prefix = str(p)
   if p.is_dir():
