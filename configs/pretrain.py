@@ -65,6 +65,11 @@ def get_config(arg=None):
       # Generator hidden size = round(fraction * hidden_size); its FFN is 4x
       # that and its heads max(1, hidden // 64), as in the official code.
       generator_fraction=size['generator_fraction'],
+      # Explicit generator sizes, for imported checkpoints whose generator does
+      # not follow the rule above (0 = derived from generator_fraction).
+      generator_hidden_size=0,
+      generator_num_heads=0,
+      generator_intermediate_size=0,
       # none | embeddings (official default) | all (generator = discriminator) | gdes
       sharing='embeddings',
       dtype='float32',  # compute dtype; params stay float32

@@ -44,6 +44,10 @@ class ModelConfig:
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
   generator_fraction: float = 0.25
+  # Explicit generator sizes (imported checkpoints off the derivation rule); 0 = derived.
+  generator_hidden_size: int = 0
+  generator_num_heads: int = 0
+  generator_intermediate_size: int = 0
   sharing: str = 'embeddings'
   dtype: str = 'float32'
   attention_impl: str = 'einsum'
@@ -100,6 +104,10 @@ class ModelConfig:
   @property
   def generator(self) -> encoder.TowerConfig:
     """Official get_generator_config: hidden scaled, FFN 4x, heads max(1, hidden // 64)."""
+    if self.generator_hidden_size:
+      hidden = self.generator_hidden_size
+      return self._tower(hidden, self.generator_num_heads or max(1, hidden // 64),
+                         self.generator_intermediate_size or 4 * hidden)
     if self.generator_fraction == 1.0:
       return self.discriminator
     hidden = int(round(self.hidden_size * self.generator_fraction))
