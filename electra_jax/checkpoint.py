@@ -5,7 +5,8 @@ Layout of a workdir:
   checkpoints/<step>/loader  JSON: every host's data-loader position (`loader.get_state()`)
   checkpoints/<step>/meta    JSON: the run's base RNG key data, step, process count, vocab hash
   checkpoints.corrupt/       checkpoints that failed to restore, moved aside for inspection
-  export/                    discriminator.msgpack, generator.msgpack, model_config.json, vocab.txt
+  export/                    {discriminator,generator,pretrainer}.msgpack, model_config.json,
+                             vocab.txt
 
     ckpt = Checkpointer(workdir, keep=3, abstract_state=abstract)
     restored = ckpt.restore_latest()      # None on a fresh workdir; falls back past corrupt ones
@@ -37,7 +38,7 @@ from jax.experimental import multihost_utils
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'checkpoints.corrupt'
 EXPORT_DIR = 'export'
-EXPORT_TOWERS = ('discriminator', 'generator')
+EXPORT_TOWERS = ('discriminator', 'generator', 'pretrainer')
 
 
 @dataclasses.dataclass
@@ -196,7 +197,8 @@ def _to_numpy(tree):
 def export_params(export_dir, towers: dict, model_config: dict, vocab_tokens: list[str] | None):
   """Writes each tower's params as msgpack, plus model_config.json and vocab.txt.
 
-  towers: {'discriminator': ElectraModel params, 'generator': generator params}.
+  towers: name -> param tree, e.g. {'discriminator': ElectraModel params, 'generator':
+  generator params, 'pretrainer': the whole pre-training tree (with both heads)}.
   All hosts must call this (gathering sharded params); only process 0 writes.
   """
   towers = {k: _to_numpy(v) for k, v in towers.items()}
@@ -221,8 +223,9 @@ def export_params(export_dir, towers: dict, model_config: dict, vocab_tokens: li
 def load_exported(path, which: str = 'discriminator') -> tuple[dict, dict]:
   """(model_config dict, params) from an export dir written by `export_params`.
 
-  which: 'discriminator' (ElectraModel params: {'embeddings', 'discriminator'}) or
-  'generator' ({'embeddings', 'generator', 'generator_predictions'}). Arrays are numpy.
+  which: 'discriminator' (ElectraModel params: {'embeddings', 'discriminator'}),
+  'generator' ({'embeddings', 'generator', 'generator_predictions'}) or 'pretrainer'
+  (the full Pretrainer tree, both heads included). Arrays are numpy.
   model_config: {'model': {...config.model}, 'tokens': {...config.tokens}, 'step': int,
   'vocab_hash': str, 'lowercase': bool}; the vocab is `path/vocab.txt`.
   """

@@ -301,10 +301,11 @@ def _write_config(config, workdir) -> None:
 
 
 def export(workdir, config, params, step: int, tokenizer=None) -> pathlib.Path:
-  """Writes workdir/export/ (discriminator + generator params, model_config.json, vocab.txt)."""
+  """Writes workdir/export/: discriminator, generator and full params, model_config.json, vocab.txt."""
   sharing = config.model.sharing
   towers = {'discriminator': electra.discriminator_params(params, sharing),
-            'generator': electra.generator_params(params, sharing)}
+            'generator': electra.generator_params(params, sharing),
+            'pretrainer': params}  # both heads too: what conversion to HF needs
   model_config = {'model': config.model.to_dict(), 'tokens': config.tokens.to_dict(),
                   'step': int(step), 'lowercase': bool(config.data.lowercase),
                   'vocab_hash': getattr(tokenizer, 'vocab_hash', None)}

@@ -65,7 +65,8 @@ def test_trains_end_to_end_through_main(corpus, tmp_path):  # noqa: F811
   assert jax.tree.structure(shapes['params']) == jax.tree.structure(params)
   for want, got in zip(jax.tree.leaves(shapes['params']), jax.tree.leaves(params)):
     assert want.shape == got.shape
-  hidden = electra.ElectraModel(mcfg).apply({'params': params}, z + 5, z + 1, z)
+  hidden = jax.eval_shape(lambda p: electra.ElectraModel(mcfg).apply({'params': p}, z, z + 1, z),
+                          params)
   assert hidden.shape == (1, 8, mcfg.hidden_size)
   ck_cfg, ck_params = checkpoint.load_pretraining_checkpoint(wd)
   assert ck_cfg['step'] == 6
@@ -73,6 +74,8 @@ def test_trains_end_to_end_through_main(corpus, tmp_path):  # noqa: F811
     np.testing.assert_array_equal(a, b)
   _, gen = checkpoint.load_exported(wd / 'export', which='generator')
   assert set(gen) == {'embeddings', 'generator', 'generator_predictions'}
+  _, full = checkpoint.load_exported(wd / 'export', which='pretrainer')
+  assert 'discriminator_predictions' in full and 'generator_predictions' in full
 
   # Learning curves of several workdirs side by side.
   out = tmp_path / 'both.png'
