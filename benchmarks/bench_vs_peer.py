@@ -3,7 +3,8 @@ r"""electra_jax against the PyTorch/HF peer, side by side in one process.
     python benchmarks/bench_vs_peer.py --size small --batch 32 --seq-len 128 \
         --ours float32/einsum bfloat16/xla --peer float32 bfloat16 --rounds 6
 
-Every runner (each electra_jax variant `dtype/attention[/remat][/full]`, each
+Every runner (each electra_jax variant `dtype/attention[/remat][/full][/before]`,
+`before` being the step without the optimisations of benchmarks/ab_step.py, each
 peer precision `float32` | `bfloat16` autocast) is built, compiled and warmed
 up on the same synthetic batch (benchmarks/bench_step.synthetic_batch). Then
 `--rounds` rounds each run one step of every runner, in an order rotated per
@@ -26,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ab_step  # noqa: E402
 import bench_step  # noqa: E402  (puts the repo on sys.path, imports jax)
 import jax  # noqa: E402
 import matmul_peak  # noqa: E402
@@ -34,15 +36,16 @@ import torch_peer  # noqa: E402
 
 
 def parse_ours(spec: str) -> dict:
-  """'bfloat16/xla/remat/full' -> make_config keyword arguments."""
+  """'bfloat16/xla/remat/full' -> make_config keyword arguments (`before` is handled apart)."""
   parts = spec.split('/')
   if len(parts) < 2 or parts[0] not in ('float32', 'bfloat16'):
-    raise ValueError(f'--ours {spec!r}; expected dtype/attention[/remat][/full], '
+    raise ValueError(f'--ours {spec!r}; expected dtype/attention[/remat][/full][/before], '
                      'e.g. float32/einsum or bfloat16/xla/remat')
   extra = set(parts[2:])
-  unknown = extra - {'remat', 'full'}
+  unknown = extra - {'remat', 'full', 'before'}
   if unknown:
-    raise ValueError(f'--ours {spec!r}: unknown flags {sorted(unknown)}; expected remat, full')
+    raise ValueError(f'--ours {spec!r}: unknown flags {sorted(unknown)}; '
+                     'expected remat, full, before')
   return dict(dtype=parts[0], attention_impl=parts[1], remat='remat' in extra,
               generator_head='full' if 'full' in extra else 'masked')
 
@@ -74,7 +77,11 @@ def main():
   runners = {}  # name -> (step fn, config, flops dtype, compile seconds)
   for spec in a.ours:
     cfg = bench_step.make_config(a.size, a.batch, a.seq_len, **parse_ours(spec))
-    r = bench_step.JaxStep(cfg)
+    if 'before' in spec.split('/')[2:]:  # the step as it was before benchmarks/ab_step.py's changes
+      with ab_step.switched_off(ab_step.OPTIMISATIONS):
+        r = bench_step.JaxStep(cfg, fast_rng=False)
+    else:
+      r = bench_step.JaxStep(cfg)
     runners[f'jax {spec}'] = (r.step, cfg, cfg.model.dtype, r.compile_s)
     print(f'built jax {spec}: compile {r.compile_s:.1f} s', flush=True)
   for prec in a.peer:

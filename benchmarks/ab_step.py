@@ -1,0 +1,113 @@
+r"""Before/after of each optimisation, in one process, alternating: the README's numbers.
+
+    python benchmarks/ab_step.py --size small --batch 32 --seq-len 128 --rounds 5 \
+        --variants baseline threefry sampling all
+
+Each variant is the current code with some optimisations switched back to
+what the code did before them (by patching the function or lowering rule
+while that variant's step is traced and compiled; a compiled step keeps what
+it was built with):
+  threefry  jax.random draws lowered on CPU without the rolled loop
+            (electra_jax.models.layers.use_unrolled_threefry_on_cpu);
+  sampling  two-level Gumbel-max sampling and two-level argmax for the MLM
+            accuracy (electra_jax.objectives.sample_tokens / first_argmax)
+            instead of one Gumbel draw per vocabulary entry and jnp.argmax.
+`baseline` has none, `all` has every one, a name alone has only that one. All
+variants step on the same batch, in an order rotated every round; reported
+are median step times and speed-ups over `baseline`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_step  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from electra_jax import objectives  # noqa: E402
+from electra_jax.models import layers  # noqa: E402
+
+OPTIMISATIONS = ('threefry', 'sampling')
+
+
+def _gumbel_per_entry(rng, logits_BxMxV, targets_BxM, temperature, disallow_correct):
+  """sample_tokens as it was: one Gumbel draw per vocabulary entry."""
+  logits = jax.lax.stop_gradient(logits_BxMxV).astype(jnp.float32) / temperature
+  if disallow_correct:
+    logits = jnp.where(jax.nn.one_hot(targets_BxM, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+  gumbel = jax.random.gumbel(rng, logits.shape, jnp.float32)
+  return jnp.argmax(logits + gumbel, axis=-1).astype(jnp.int32)
+
+
+@contextlib.contextmanager
+def switched_off(names):
+  """Reverts the named optimisations while a step is built inside the block."""
+  from jax._src.interpreters import mlir  # pylint: disable=g-import-not-at-top
+  from jax._src.random import threefry2x32 as tf  # pylint: disable=g-import-not-at-top
+  saved = (objectives.sample_tokens, objectives.first_argmax)
+  try:
+    if 'threefry' in names:
+      mlir.register_lowering(tf.threefry2x32_p, tf._threefry2x32_cpu_lowering_rule,  # pylint: disable=protected-access
+                             platform='cpu')
+    if 'sampling' in names:
+      objectives.sample_tokens = _gumbel_per_entry
+      objectives.first_argmax = lambda x: jnp.argmax(x, -1)
+    yield
+  finally:
+    objectives.sample_tokens, objectives.first_argmax = saved
+    layers.use_unrolled_threefry_on_cpu()
+
+
+def main():
+  p = argparse.ArgumentParser(description='A/B of the step optimisations, alternating.')
+  p.add_argument('--size', default='small')
+  p.add_argument('--batch', type=int, default=32)
+  p.add_argument('--seq-len', type=int, default=128)
+  p.add_argument('--dtype', default='float32')
+  p.add_argument('--attention', default='einsum')
+  p.add_argument('--variants', nargs='+', default=['baseline', 'all'],
+                 help=f'baseline | all | one of {OPTIMISATIONS}')
+  p.add_argument('--rounds', type=int, default=4)
+  a = p.parse_args()
+  cfg = bench_step.make_config(a.size, a.batch, a.seq_len, dtype=a.dtype,
+                               attention_impl=a.attention)
+  batch = bench_step.synthetic_batch(cfg)
+  layers.use_unrolled_threefry_on_cpu()  # the current default of the benchmarks
+  runners = {}
+  for v in a.variants:
+    on = set(OPTIMISATIONS) if v == 'all' else set() if v == 'baseline' else {v}
+    if not on <= set(OPTIMISATIONS):
+      raise ValueError(f'variant {v!r}; expected baseline, all or one of {OPTIMISATIONS}')
+    with switched_off(set(OPTIMISATIONS) - on):
+      runners[v] = bench_step.JaxStep(cfg, fast_rng=False)
+    runners[v].step(batch)  # warm-up
+    # Sanity check that the switch took: the rolled threefry shows up as while loops.
+    loops = runners[v].compiled.as_text().count(' while(')
+    print(f'built {v}: compile {runners[v].compile_s:.1f} s, {loops} while loops in the HLO',
+          flush=True)
+  times = {v: [] for v in runners}
+  names = list(runners)
+  for r in range(a.rounds):
+    for v in names[r % len(names):] + names[:r % len(names)]:
+      t = time.perf_counter()
+      runners[v].step(batch)
+      times[v].append(time.perf_counter() - t)
+    print(f'round {r}: ' + ', '.join(f'{v} {times[v][-1]:.2f}s' for v in names), flush=True)
+  base = statistics.median(times[names[0]])
+  print(f'\n{a.size} {a.batch}x{a.seq_len} {a.dtype} {a.attention}\n'
+        '| variant | median step s | seq/s | speed-up vs ' + names[0] + ' |\n|---|---|---|---|')
+  for v in names:
+    med = statistics.median(times[v])
+    print(f'| {v} | {med:.3f} | {a.batch / med:.2f} | {base / med:.2f}x |')
+
+
+if __name__ == '__main__':
+  main()
