@@ -70,7 +70,6 @@ def main(argv):
                                        progress=_PROGRESS.value)
   except (ValueError, FileNotFoundError, train.NonFiniteError) as e:
     # One line the user can act on; the traceback is for bugs, not bad inputs.
-    logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
   import jax  # pylint: disable=g-import-not-at-top

@@ -388,6 +388,8 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   def handle(step, metrics):
     """Fetches step's metrics (the step has been followed by another dispatch) and logs."""
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if step == start + 1 and step % t.log_every:
+      clock.update(time=time.perf_counter(), step=step)  # keep compilation out of seq_per_s
     if m['finite'] == 0:
       if t.nan_policy == 'stop':
         good = ckpt.all_steps()
@@ -396,7 +398,8 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
             f'{m["grad_norm"]}); stopping (train.nan_policy=stop). The last good checkpoint is '
             + (f'step {good[-1]} in {ckpt.directory}' if good else 'none (no checkpoint yet)'))
       summary['skipped_steps'] += 1
-      logging.warning('step %d: non-finite loss or gradient; update skipped', step)
+      logging.log_every_n_seconds(logging.WARNING, 'step %d: non-finite loss or gradient; update '
+                                  'skipped (%d so far)', 60, step, summary['skipped_steps'])
     if step % t.log_every == 0 or step == t.num_steps:
       now = time.perf_counter()
       dt = max(now - clock['time'], 1e-9)
