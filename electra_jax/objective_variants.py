@@ -83,6 +83,19 @@ def _rtd_aux(disc_logits_BxL, labels_BxL, weights_BxL):
           'disc_weights': weights_BxL}
 
 
+def _no_rtd_aux(ids_BxL, input_ids_BxL, input_mask_BxL):
+  """Evaluation outputs for objectives without a replaced-token detector.
+
+  The evaluator (pretrain_eval.py) reads disc_probs / disc_labels /
+  disc_weights from every objective; here they describe a constant
+  "original" prediction (probability 0), so the RTD metrics of such a run are
+  those of that trivial detector (AUC 0.5), not of a trained head.
+  """
+  labels = (ids_BxL != input_ids_BxL).astype(jnp.int32)
+  return {'disc_probs': jnp.zeros(ids_BxL.shape, jnp.float32), 'disc_labels': labels,
+          'disc_weights': input_mask_BxL}
+
+
 def masked_position_mask(masked, like_BxL):
   """[B, L] int32: 1 at the chosen (masked) positions."""
   return objectives.scatter_positions(jnp.zeros_like(like_BxL), masked.positions,
@@ -105,7 +118,10 @@ def bert_mlm_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False
   masked = objectives.mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
   _, loss, acc = _generator_mlm(params, b, masked, k_drop, model=model, cfg=cfg,
                                 deterministic=deterministic)
-  return loss, ({'loss': loss, 'gen_loss': loss, 'gen_accuracy': acc}, {})
+  # disc_loss 0: there is no discriminator (the evaluator expects the key).
+  metrics = {'loss': loss, 'gen_loss': loss, 'gen_accuracy': acc,
+             'disc_loss': jnp.zeros([], jnp.float32)}
+  return loss, (metrics, _no_rtd_aux(masked.input_ids, b.input_ids, b.input_mask))
 
 
 # -------------------------------------------------------------------- ELECTRA 15%
@@ -160,7 +176,7 @@ def replace_mlm_loss(params, batch, rng, *, model, cfg, step=0, deterministic=Fa
              'disc_loss': disc_loss, 'disc_mlm_accuracy': disc_acc,
              'replaced_fraction': objectives.weighted_mean(
                  (fake_ids != b.input_ids).astype(jnp.float32), b.input_mask)}
-  return loss, (metrics, {})
+  return loss, (metrics, _no_rtd_aux(fake_ids, b.input_ids, b.input_mask))
 
 
 def copy_mechanism_nll(mlm_logits_BxLxV, rtd_logits_BxL, input_ids_BxL, targets_BxL):
@@ -239,8 +255,10 @@ def _fixed_generator_loss(sampler, params, batch, rng, *, model, cfg, determinis
   disc_logits = _disc(params, fake_ids, b, k_disc, model=model, deterministic=deterministic)
   disc_loss, disc_metrics = objectives.disc_loss_and_metrics(disc_logits, labels, b.input_mask)
   loss = cfg.disc_weight * disc_loss
-  return loss, ({'loss': loss, 'disc_loss': disc_loss, **disc_metrics},
-                _rtd_aux(disc_logits, labels, b.input_mask))
+  # No generator: its MLM metrics are reported as 0 (the evaluator expects the keys).
+  zero = jnp.zeros([], jnp.float32)
+  return loss, ({'loss': loss, 'gen_loss': zero, 'gen_accuracy': zero, 'disc_loss': disc_loss,
+                 **disc_metrics}, _rtd_aux(disc_logits, labels, b.input_mask))
 
 
 def uniform_generator_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False):
