@@ -129,6 +129,10 @@ def get_config(arg=None):
       checkpoint_every=1000,
       keep_checkpoints=3,
       nan_policy='stop',  # stop | skip (skip the update, keep going)
+      # Continue pre-training from these weights when the workdir has no checkpoint:
+      # an electra_jax export dir, an HF dir with discriminator/ + generator/, or
+      # a TF1 ELECTRA checkpoint ('' = random init).
+      init_from='',
   ))
 
   # Device mesh: batch is split over data x fsdp; fsdp > 1 also shards the

@@ -315,6 +315,31 @@ def export(workdir, config, params, step: int, tokenizer=None) -> pathlib.Path:
   return out
 
 
+def init_from_pretrained(config, model, tx, mesh, path, tokenizer) -> TrainState:
+  """Step-0 TrainState from pre-trained generator + discriminator weights.
+
+  `path`: an electra_jax export or converted dir, a Hugging Face directory with
+  `discriminator/` and `generator/` (see electra_jax.convert), or an original
+  TF1 ELECTRA checkpoint. The weights must fit config.model and the data's vocab.
+  """
+  from electra_jax import convert  # pylint: disable=g-import-not-at-top  (imports torch lazily)
+  p = pathlib.Path(path).expanduser()
+  if not p.exists() and not list(p.parent.glob(p.name + '.index')):
+    raise FileNotFoundError(f'train.init_from={path}: no such file or directory')
+  if (p / 'model_config.json').exists() or (p / 'checkpoints').is_dir():
+    conv = convert.load_electra_jax(p)
+  elif (p / 'discriminator' / 'config.json').exists() or (p / 'config.json').exists():
+    conv = convert.import_hf(p)
+  else:
+    conv = convert.import_tf1(p)
+  if conv.vocab is not None and list(conv.vocab) != list(tokenizer.tokens):
+    raise ValueError(f'vocab mismatch: train.init_from={path} was trained with a different '
+                     f'vocabulary ({len(conv.vocab)} tokens) than config.data.vocab '
+                     f'({tokenizer.vocab_size} tokens)')
+  state, _ = convert.init_train_state(config, model, tx, mesh, conv)
+  return state
+
+
 def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = False,
                        progress: bool = True) -> dict:
   """Pre-trains (or resumes) in `workdir`; returns a summary dict (step, last metrics, paths).
@@ -350,6 +375,10 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
     data.train.set_state(restored.loader_state)
     logging.info('resumed from step %d in %s', start, ckpt.directory)
     _print(f'Resumed from the checkpoint at step {start} in {ckpt.directory}')
+  elif t.init_from:
+    state = init_from_pretrained(config, model, tx, mesh, t.init_from, data.tokenizer)
+    start = 0
+    _print(f'Continuing pre-training from the weights in {t.init_from}')
   else:
     state, _ = create_train_state(config, model, tx, mesh, init_rng)
     start = 0

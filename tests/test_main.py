@@ -159,3 +159,22 @@ def test_non_finite_loss_stops_or_skips(corpus, tmp_path, policy):  # noqa: F811
     recs = metrics_log.read_jsonl(wd / 'metrics.jsonl')
     assert [x['finite'] for x in recs] == [1, 0, 0, 0]
     assert recs[-1]['skipped_steps'] == 3
+
+
+def test_continued_pretraining_from_an_export(corpus, tmp_path):  # noqa: F811
+  """train.init_from starts a new run from another run's exported weights."""
+  first, second = tmp_path / 'first', tmp_path / 'second'
+  r = run_main(first, corpus, **{'train.num_steps': 3, 'train.eval_batches': 0})
+  assert r.returncode == 0, r.stderr[-3000:]
+  # Learning rate 0: the second run's single step leaves the imported weights as they are.
+  r = run_main(second, corpus, **{'train.num_steps': 1, 'train.eval_batches': 0,
+                                  'train.init_from': str(first / 'export'),
+                                  'optimizer.learning_rate': 0.0})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'Continuing pre-training from the weights in' in r.stdout
+  for which in ('discriminator', 'generator'):
+    _, a = checkpoint.load_exported(first / 'export', which=which)
+    _, b = checkpoint.load_exported(second / 'export', which=which)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  r = run_main(tmp_path / 'third', corpus, **{'train.init_from': str(tmp_path / 'nowhere')})
+  assert r.returncode == 1 and 'train.init_from=' in r.stderr
