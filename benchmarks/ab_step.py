@@ -50,20 +50,17 @@ def _gumbel_per_entry(rng, logits_BxMxV, targets_BxM, temperature, disallow_corr
 @contextlib.contextmanager
 def switched_off(names):
   """Reverts the named optimisations while a step is built inside the block."""
-  from jax._src.interpreters import mlir  # pylint: disable=g-import-not-at-top
-  from jax._src.random import threefry2x32 as tf  # pylint: disable=g-import-not-at-top
   saved = (objectives.sample_tokens, objectives.first_argmax)
   try:
-    if 'threefry' in names:
-      mlir.register_lowering(tf.threefry2x32_p, tf._threefry2x32_cpu_lowering_rule,  # pylint: disable=protected-access
-                             platform='cpu')
+    if 'threefry' not in names:
+      layers.use_unrolled_threefry_on_cpu(True)
     if 'sampling' in names:
       objectives.sample_tokens = _gumbel_per_entry
       objectives.first_argmax = lambda x: jnp.argmax(x, -1)
     yield
   finally:
     objectives.sample_tokens, objectives.first_argmax = saved
-    layers.use_unrolled_threefry_on_cpu()
+    layers.use_unrolled_threefry_on_cpu(False)
 
 
 def main():
@@ -80,7 +77,6 @@ def main():
   cfg = bench_step.make_config(a.size, a.batch, a.seq_len, dtype=a.dtype,
                                attention_impl=a.attention)
   batch = bench_step.synthetic_batch(cfg)
-  layers.use_unrolled_threefry_on_cpu()  # the current default of the benchmarks
   runners = {}
   for v in a.variants:
     on = set(OPTIMISATIONS) if v == 'all' else set() if v == 'baseline' else {v}
