@@ -350,6 +350,12 @@ def plot(results: list[dict], root: Path) -> list[Path]:
     pts = sorted((r['pretrain_flops'], r['glue']) for r in scored if r['objective'] == obj)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', label=obj)
   ax.set_xscale('log')
+  flops = [r['pretrain_flops'] for r in scored]
+  lo, hi = min(flops) / 2, max(flops) * 2  # readable even when all budgets are equal
+  ax.set_xlim(lo, hi)
+  ax.minorticks_off()
+  ticks = [lo * (hi / lo) ** (i / 4) for i in range(5)]
+  ax.set_xticks(ticks, [f'{t:.2g}' for t in ticks])
   ax.set_xlabel('pre-training FLOPs')
   ax.set_ylabel('GLUE dev score (mean of task medians)')
   ax.grid(alpha=0.3)
@@ -358,9 +364,11 @@ def plot(results: list[dict], root: Path) -> list[Path]:
   out.append(root / 'glue_vs_flops.png')
   fig.savefig(out[-1], dpi=120)
   plt.close(fig)
-  if len({r['generator_fraction'] for r in scored}) > 1:
+  groups = sorted({(r['objective'], r['sharing']) for r in scored})
+  fractions = lambda g: {r['generator_fraction'] for r in scored
+                         if (r['objective'], r['sharing']) == g}
+  if any(len(fractions(g)) > 1 for g in groups):  # some objective was run at several sizes
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    groups = sorted({(r['objective'], r['sharing']) for r in scored})
     for obj, sharing in groups:
       pts = sorted((r['generator_fraction'], r['glue']) for r in scored
                    if (r['objective'], r['sharing']) == (obj, sharing))

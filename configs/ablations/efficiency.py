@@ -4,7 +4,7 @@ Objectives: ELECTRA, All-Tokens MLM, Replace MLM, ELECTRA 15%, BERT. Every
 trial spends the same pre-training FLOPs, those of ELECTRA at `steps` steps
 (electra_jax/objective_flops.py), so cheaper objectives train more steps.
 Then each pre-trained discriminator (BERT: its MLM encoder) is fine-tuned on
-GLUE RTE, MRPC and STS-B with 3 seeds; the score is the mean over tasks of the
+GLUE RTE, MRPC, STS-B and SST-2 with 3 seeds; the score is the mean over tasks of the
 median over seeds.
 
   python -m electra_jax.sweep --config=configs/ablations/efficiency.py --workdir=runs/efficiency
@@ -30,7 +30,7 @@ OBJECTIVES = ('electra', 'all_tokens_mlm', 'replace_mlm', 'electra_15', 'bert_ml
 # 1500 training examples, 3 epochs, length 64, no test-set predictions. Drop
 # these overrides (and use size=small) for the paper's recipe.
 FINETUNE = common.glue_finetune(
-    tasks=('rte', 'mrpc', 'stsb'), num_seeds=3, size='tiny',
+    tasks=('rte', 'mrpc', 'stsb', 'sst2'), num_seeds=3, size='tiny',
     **{'data.max_train_examples': 1500, 'train.epochs': 3.0, 'train.max_seq_length': 64,
        'data.test_splits': ''})
 
