@@ -33,6 +33,7 @@ class ObjectiveConfig:
   sep_id: int
   mask_id: int
   name: str = 'electra'
+  stage_steps: int = 0  # two_stage: generator-only steps before the discriminator stage
 
   @classmethod
   def from_config(cls, config) -> 'ObjectiveConfig':
@@ -53,7 +54,8 @@ class ObjectiveConfig:
                temperature=o.temperature, disallow_correct=o.disallow_correct,
                gen_weight=o.gen_weight, disc_weight=o.disc_weight,
                vocab_size=config.model.vocab_size, pad_id=t.pad_id, cls_id=t.cls_id,
-               sep_id=t.sep_id, mask_id=t.mask_id, name=o.name)
+               sep_id=t.sep_id, mask_id=t.mask_id, name=o.name,
+               stage_steps=o.stage_steps)
 
 
 class Masked(NamedTuple):
