@@ -289,11 +289,8 @@ def freeze_generator_mask(params, step, cfg):
 
 
 def stage_steps(cfg) -> int:
-  """objective.stage_steps as the ObjectiveConfig carries it (must be > 0)."""
-  n = getattr(cfg, 'stage_steps', None)
-  if n is None:
-    raise ValueError('objective two_stage needs ObjectiveConfig.stage_steps (read from '
-                     'config.objective.stage_steps); this objectives.py does not carry it yet')
+  """objective.stage_steps (must be > 0 for two_stage)."""
+  n = cfg.stage_steps
   if n <= 0:
     raise ValueError(f'objective.stage_steps={n}; two_stage expects > 0 generator-only steps')
   return int(n)

@@ -191,7 +191,7 @@ def _run(cmd: list[str], log_path: Path, dry_run: bool) -> None:
     rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
   timings_path = log_path.parent / 'timings.json'
   timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-  timings[log_path.stem] = round(timings.get(log_path.stem, 0.0) + time.time() - t0, 1)
+  timings[log_path.stem] = round(timings.get(log_path.stem, 0.0) + time.time() - t0, 3)
   timings_path.write_text(json.dumps(timings, indent=1, sort_keys=True))
   if rc != 0:
     raise RuntimeError(f'command failed with exit code {rc} (log: {log_path}): {" ".join(cmd)}')
@@ -291,7 +291,7 @@ def collect(config, trial: Trial, tdir: Path, ft_scores: dict) -> dict:
   if timings_path.is_file():
     t = json.loads(timings_path.read_text())
     out['pretrain_wall_s'] = t.get('pretrain')
-    out['finetune_wall_s'] = round(sum(v for k, v in t.items() if k.startswith('finetune')), 1)
+    out['finetune_wall_s'] = round(sum(v for k, v in t.items() if k.startswith('finetune')), 3)
   for task, s in ft_scores.items():
     out[f'{task}_{s["metric"]}'] = 100.0 * s['median']
     out[f'{task}_seeds'] = ' '.join(f'{100 * v:.1f}' for v in s['values'])
