@@ -34,6 +34,7 @@ RTE 66.7. Measured at size=tiny on 2 shared CPU cores (wall): RTE (10 epochs)
 length 384) 46 min. A tiny model from random init scores at chance on all of them.
 """
 
+from configs import pretrain
 from electra_jax import configlib
 import ml_collections
 
@@ -45,7 +46,6 @@ SQUAD_TASKS = ('squad1', 'squad2')
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, lazy_field='task', task='rte', size='small', vocab='',
                             init='', num_seeds=1, seed=0, runlocal=False)
-  size = configlib.size_table(arg.size)
   lr, layer_decay = RECIPE[arg.size]
   squad = arg.task.lower().replace('.', '').replace('_', '').replace('-', '') in (
       'squad1', 'squad2', 'squad', 'squadv1', 'squadv2', 'squad11', 'squad20')
@@ -84,28 +84,10 @@ def get_config(arg=None):
       max_eval_examples=0,
   ))
 
-  # Model shape for random init (a checkpoint's own config replaces it).
-  # vocab_size 0 = the vocab's size.
-  c.model = ml_collections.ConfigDict(dict(
-      vocab_size=0,
-      embedding_size=size['embedding_size'],
-      hidden_size=size['hidden_size'],
-      num_layers=size['num_layers'],
-      num_heads=size['num_heads'],
-      intermediate_size=size['intermediate_size'],
-      max_position_embeddings=512,
-      type_vocab_size=2,
-      dropout_rate=0.1,
-      attention_dropout_rate=0.1,
-      layer_norm_eps=1e-12,
-      initializer_range=0.02,
-      generator_fraction=size['generator_fraction'],
-      sharing='embeddings',
-      dtype='float32',
-      attention_impl='einsum',
-      remat=False,
-      generator_head='masked',
-  ))
+  # Model shape for random init (a checkpoint's own config replaces it): the
+  # pre-training config's model for this size; vocab_size 0 = the vocab's size.
+  c.model = pretrain.get_config(f'size={arg.size}').model
+  c.model.vocab_size = 0
 
   c.head = ml_collections.ConfigDict(dict(dropout_rate=0.1))
 
