@@ -64,8 +64,8 @@ def parse_arg(arg: str | None, *, lazy_field: str | None = None, **defaults) -> 
 SIZES = {
     'tiny': dict(num_layers=2, hidden_size=64, intermediate_size=256, num_heads=2,
                  embedding_size=32, generator_fraction=0.5, mask_prob=0.15,
-                 learning_rate=1e-3, batch_size=32, seq_len=64, num_steps=4000,
-                 warmup_steps=400),
+                 learning_rate=1e-3, batch_size=32, seq_len=64, num_steps=3000,
+                 warmup_steps=300),
     'small': dict(num_layers=12, hidden_size=256, intermediate_size=1024, num_heads=4,
                   embedding_size=128, generator_fraction=0.25, mask_prob=0.15,
                   learning_rate=5e-4, batch_size=128, seq_len=128, num_steps=1_000_000,
