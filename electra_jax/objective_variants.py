@@ -73,6 +73,22 @@ def _replace(masked, sampled_BxM):
                                       masked.weights)
 
 
+def _corrupt(params, batch, rng, *, model, cfg, deterministic):
+  """ELECTRA's first half: mask, generator MLM, and the input with its samples.
+
+  Returns (batch, masked, gen_loss, gen_accuracy, corrupted ids [B, L], the key
+  left for the second model). Splits `rng` as electra_loss does.
+  """
+  b = objectives.as_batch(batch)
+  k_mask, k_sample, k_gen, k_disc = jax.random.split(rng, 4)
+  masked = objectives.mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
+  gen_logits, loss, acc = _generator_mlm(params, b, masked, k_gen, model=model, cfg=cfg,
+                                         deterministic=deterministic)
+  sampled = objectives.sample_tokens(k_sample, gen_logits, masked.targets, cfg.temperature,
+                                     cfg.disallow_correct)
+  return b, masked, loss, acc, _replace(masked, sampled), k_disc
+
+
 def _disc(params, ids, b, rng, *, model, deterministic):
   return model.apply({'params': params}, ids, b.input_mask, b.segment_ids, deterministic,
                      method=model.discriminator_logits, rngs={'dropout': rng})
@@ -130,14 +146,8 @@ def bert_mlm_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False
 def electra_15_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False):
   """ELECTRA with the discriminator's BCE averaged over the masked positions only."""
   del step
-  b = objectives.as_batch(batch)
-  k_mask, k_sample, k_gen, k_disc = jax.random.split(rng, 4)
-  masked = objectives.mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
-  gen_logits, mlm_loss, mlm_acc = _generator_mlm(params, b, masked, k_gen, model=model, cfg=cfg,
-                                                 deterministic=deterministic)
-  sampled = objectives.sample_tokens(k_sample, gen_logits, masked.targets, cfg.temperature,
-                                     cfg.disallow_correct)
-  fake_ids = _replace(masked, sampled)
+  b, masked, mlm_loss, mlm_acc, fake_ids, k_disc = _corrupt(
+      params, batch, rng, model=model, cfg=cfg, deterministic=deterministic)
   labels = (fake_ids != b.input_ids).astype(jnp.int32)
   disc_logits = _disc(params, fake_ids, b, k_disc, model=model, deterministic=deterministic)
   weights = masked_position_mask(masked, b.input_ids) * b.input_mask
@@ -157,14 +167,8 @@ def replace_mlm_loss(params, batch, rng, *, model, cfg, step=0, deterministic=Fa
   positions. L = gen_weight * generator MLM + disc_weight * discriminator MLM."""
   del step
   _require(model, 'discriminator_mlm_head', 'replace_mlm')
-  b = objectives.as_batch(batch)
-  k_mask, k_sample, k_gen, k_disc = jax.random.split(rng, 4)
-  masked = objectives.mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
-  gen_logits, gen_loss, gen_acc = _generator_mlm(params, b, masked, k_gen, model=model, cfg=cfg,
-                                                 deterministic=deterministic)
-  sampled = objectives.sample_tokens(k_sample, gen_logits, masked.targets, cfg.temperature,
-                                     cfg.disallow_correct)
-  fake_ids = _replace(masked, sampled)
+  b, masked, gen_loss, gen_acc, fake_ids, k_disc = _corrupt(
+      params, batch, rng, model=model, cfg=cfg, deterministic=deterministic)
   mlm_logits_BxMxV, _ = model.apply({'params': params}, fake_ids, b.input_mask, b.segment_ids,
                                     masked.positions, deterministic,
                                     method=model.discriminator_mlm_logits,
@@ -200,14 +204,8 @@ def all_tokens_mlm_loss(params, batch, rng, *, model, cfg, step=0, deterministic
   + disc_weight * mean copy-mechanism NLL over non-pad tokens."""
   del step
   _require(model, 'discriminator_mlm_head', 'all_tokens_mlm')
-  b = objectives.as_batch(batch)
-  k_mask, k_sample, k_gen, k_disc = jax.random.split(rng, 4)
-  masked = objectives.mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
-  gen_logits, gen_loss, gen_acc = _generator_mlm(params, b, masked, k_gen, model=model, cfg=cfg,
-                                                 deterministic=deterministic)
-  sampled = objectives.sample_tokens(k_sample, gen_logits, masked.targets, cfg.temperature,
-                                     cfg.disallow_correct)
-  fake_ids = _replace(masked, sampled)
+  b, masked, gen_loss, gen_acc, fake_ids, k_disc = _corrupt(
+      params, batch, rng, model=model, cfg=cfg, deterministic=deterministic)
   mlm_logits_BxLxV, rtd_BxL = model.apply({'params': params}, fake_ids, b.input_mask,
                                           b.segment_ids, None, deterministic,
                                           method=model.discriminator_mlm_logits,
