@@ -33,8 +33,9 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (hosts).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
 
-FINETUNE_HINT = ('python -m electra_jax.finetune --config=configs/finetune.py:task=rte '
-                 '--config.init_checkpoint={export}')
+FINETUNE_HINT = ('python -m electra_jax.finetune --config=configs/finetune.py:task=rte,size={size} '
+                 '--config.init_checkpoint={export} --config.data.data_dir=PATH/TO/glue '
+                 '--workdir=runs/rte')
 
 
 def init_distributed() -> None:
@@ -87,7 +88,8 @@ def main(argv):
     if path:
       print(f'  {name:16s} {path}')
   if export:
-    print('Next: fine-tune the discriminator, e.g. on RTE:\n  ' + FINETUNE_HINT.format(export=export))
+    hint = FINETUNE_HINT.format(export=export, size=_CONFIG.value.size)
+    print('Next: fine-tune the discriminator, e.g. on RTE (GLUE TSVs):\n  ' + hint)
     print(f'Compare runs: python -m electra_jax.plot {wd} [OTHER_WORKDIR ...] --out curves.png')
 
 
