@@ -34,10 +34,5 @@ def tiny_config(arg='tiny', **overrides):
   c.train.seq_len = 32
   c.model.num_layers = 2
   c.model.vocab_size = 128
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(overrides)  # {'train.seq_len': 32, ...}
   return c

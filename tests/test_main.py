@@ -107,12 +107,7 @@ def _config(corpus_files, **overrides):  # noqa: F811
   c = conftest.tiny_config('tiny,runlocal=True')
   c.data.source, c.data.vocab, c.data.num_workers = str(text), str(vocab), 0
   c.data.eval_fraction = 0.2
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
+  c.update_from_flattened_dict(overrides)  # {'train.seq_len': 32, ...}
   return c
 
 
