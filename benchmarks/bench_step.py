@@ -55,6 +55,14 @@ import flops as flops_lib  # noqa: E402
 import matmul_peak  # noqa: E402
 
 
+PRECISIONS = ('float32', 'bfloat16', 'mixed')
+
+
+def peak_dtype(dtype: str) -> str:
+  """The matmul peak an MFU is measured against: that of the matmuls' operand dtype."""
+  return 'float32' if dtype == 'float32' else 'bfloat16'
+
+
 def make_config(size: str, batch: int, seq_len: int, *, dtype: str = 'float32',
                 attention_impl: str = 'einsum', remat: bool = False,
                 generator_head: str = 'masked'):
@@ -62,7 +70,11 @@ def make_config(size: str, batch: int, seq_len: int, *, dtype: str = 'float32',
   c = pretrain.get_config(f'size={size}')
   c.train.batch_size = batch
   c.train.seq_len = seq_len  # a FieldReference: max_predictions_per_seq follows
-  c.model.dtype = dtype
+  if dtype not in PRECISIONS:
+    raise ValueError(f'dtype {dtype!r}; expected one of {PRECISIONS}')
+  # mixed: float32 everywhere except the matmuls (bf16 operands, float32 accumulation).
+  c.model.dtype = 'float32' if dtype == 'mixed' else dtype
+  c.model.matmul_dtype = 'bfloat16' if dtype == 'mixed' else ''
   c.model.attention_impl = attention_impl
   if attention_impl != 'einsum':  # jax.nn.dot_product_attention has no attention dropout
     c.model.attention_dropout_rate = 0.0
@@ -168,11 +180,11 @@ def run_one(v: Variant, warmup: int, steps: int, peak_seconds: float,
             peak_sizes=(1024, 2048)) -> dict:
   config = v.config()
   load_before = os.getloadavg()[0]
-  peak_before = matmul_peak.measure_peak(v.dtype, peak_sizes, peak_seconds)['peak_gflops']
+  peak_before = matmul_peak.measure_peak(peak_dtype(v.dtype), peak_sizes, peak_seconds)['peak_gflops']
   runner = JaxStep(config)
   batch = synthetic_batch(config)
   times = time_steps(runner.step, batch, warmup, steps)
-  peak_after = matmul_peak.measure_peak(v.dtype, peak_sizes, peak_seconds)['peak_gflops']
+  peak_after = matmul_peak.measure_peak(peak_dtype(v.dtype), peak_sizes, peak_seconds)['peak_gflops']
   step_s = statistics.median(times)
   flops = useful_flops(config)
   peak = max(peak_before, peak_after)
@@ -204,7 +216,7 @@ def row(r: dict) -> str:
 def sweep_variants(name: str) -> list[Variant]:
   if name == 'variants':  # Small 32 x 128: each axis from the float32 einsum baseline
     out = [Variant()]
-    out += [Variant(dtype='bfloat16'), Variant(attention='xla'),
+    out += [Variant(dtype='mixed'), Variant(dtype='bfloat16'), Variant(attention='xla'),
             Variant(dtype='bfloat16', attention='xla'), Variant(head='full'), Variant(remat=True)]
     return out
   if name == 'sizes':
@@ -240,7 +252,8 @@ def main():
   p.add_argument('--size', default='small', choices=['tiny', 'small', 'base', 'large'])
   p.add_argument('--batch', type=int, default=32)
   p.add_argument('--seq-len', type=int, default=128)
-  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--dtype', default='float32', choices=PRECISIONS,
+                 help='mixed: float32 with bfloat16 matmuls (model.matmul_dtype)')
   p.add_argument('--attention', default='einsum', choices=['einsum', 'xla', 'cudnn'])
   p.add_argument('--head', default='masked', choices=['masked', 'full'])
   p.add_argument('--remat', action='store_true')

@@ -38,9 +38,9 @@ import torch_peer  # noqa: E402
 def parse_ours(spec: str) -> dict:
   """'bfloat16/xla/remat/full' -> make_config keyword arguments (`before` is handled apart)."""
   parts = spec.split('/')
-  if len(parts) < 2 or parts[0] not in ('float32', 'bfloat16'):
-    raise ValueError(f'--ours {spec!r}; expected dtype/attention[/remat][/full][/before], '
-                     'e.g. float32/einsum or bfloat16/xla/remat')
+  if len(parts) < 2 or parts[0] not in bench_step.PRECISIONS:
+    raise ValueError(f'--ours {spec!r}; expected dtype/attention[/remat][/full][/before] with '
+                     f'dtype in {bench_step.PRECISIONS}, e.g. float32/einsum or mixed/einsum')
   extra = set(parts[2:])
   unknown = extra - {'remat', 'full', 'before'}
   if unknown:
@@ -68,7 +68,7 @@ def main():
 
   batch_cfg = bench_step.make_config(a.size, a.batch, a.seq_len)
   batch = bench_step.synthetic_batch(batch_cfg, seed=0)
-  dtypes = sorted({parse_ours(s)['dtype'] for s in a.ours} | set(a.peer))
+  dtypes = sorted({bench_step.peak_dtype(parse_ours(s)['dtype']) for s in a.ours} | set(a.peer))
   peak = lambda d: matmul_peak.measure_peak(d, a.peak_sizes, a.peak_seconds)['peak_gflops']  # noqa: E731
   load_before = os.getloadavg()[0]
   peaks_before = {d: peak(d)
@@ -82,7 +82,8 @@ def main():
         r = bench_step.JaxStep(cfg, fast_rng=False)
     else:
       r = bench_step.JaxStep(cfg)
-    runners[f'jax {spec}'] = (r.step, cfg, cfg.model.dtype, r.compile_s)
+    runners[f'jax {spec}'] = (r.step, cfg, bench_step.peak_dtype(parse_ours(spec)['dtype']),
+                              r.compile_s)
     print(f'built jax {spec}: compile {r.compile_s:.1f} s', flush=True)
   for prec in a.peer:
     peer = torch_peer.TorchPeer(batch_cfg, autocast=prec, device=a.peer_device)

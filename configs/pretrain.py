@@ -73,6 +73,10 @@ def get_config(arg=None):
       # none | embeddings (official default) | all (generator = discriminator) | gdes
       sharing='embeddings',
       dtype='float32',  # compute dtype; params stay float32
+      # Matmul operand dtype ('' = dtype). 'bfloat16' with dtype float32: mixed
+      # precision, bf16 matmuls with float32 accumulation, everything else float32
+      # (2x the float32 matmul rate on AVX512-BF16 CPUs and on GPUs).
+      matmul_dtype='',
       # einsum (explicit softmax, attention dropout) | xla | cudnn: the last two
       # call jax.nn.dot_product_attention, which has no attention dropout.
       attention_impl='einsum',

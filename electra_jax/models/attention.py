@@ -40,6 +40,7 @@ class SelfAttention(nn.Module):
   initializer_range: float
   impl: str = 'einsum'
   dtype: jnp.dtype = jnp.float32
+  matmul_dtype: jnp.dtype | None = None  # mixed precision: layers.einsum
 
   @nn.compact
   def __call__(self, x_BxLxH, key_mask_BxL, deterministic: bool):
@@ -52,7 +53,7 @@ class SelfAttention(nn.Module):
 
     def project(name):
       y = layers.dense(self.hidden_size, ('hidden', 'qkv'), self.initializer_range,
-                       self.dtype, name)(x_BxLxH)
+                       self.dtype, name, self.matmul_dtype)(x_BxLxH)
       return y.reshape(B, L, self.num_heads, head_dim)  # [B, L, N, D]
 
     q_BxLxNxD, k_BxLxNxD, v_BxLxNxD = project('query'), project('key'), project('value')

@@ -50,6 +50,9 @@ class ModelConfig:
   generator_intermediate_size: int = 0
   sharing: str = 'embeddings'
   dtype: str = 'float32'
+  # Matmul operand dtype; '' = dtype. 'bfloat16' with dtype float32 is mixed precision:
+  # bf16 matmuls with float32 accumulation, everything else float32 (layers.einsum).
+  matmul_dtype: str = ''
   attention_impl: str = 'einsum'
   remat: bool = False
   generator_head: str = 'masked'
@@ -78,6 +81,9 @@ class ModelConfig:
                        f'model.generator_fraction=1.0 (got {self.generator_fraction})')
     if self.dtype not in ('float32', 'bfloat16', 'float16'):
       raise ValueError(f'model.dtype={self.dtype!r}; expected float32, bfloat16 or float16')
+    if self.matmul_dtype not in ('', 'float32', 'bfloat16', 'float16'):
+      raise ValueError(f'model.matmul_dtype={self.matmul_dtype!r}; expected \'\' (= model.dtype), '
+                       'float32, bfloat16 or float16')
     if self.generator_head not in ('masked', 'full'):
       raise ValueError(f'model.generator_head={self.generator_head!r}; expected masked or full')
     if self.attention_impl not in ('einsum', 'xla', 'cudnn'):
@@ -95,7 +101,7 @@ class ModelConfig:
         intermediate_size=intermediate, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, layer_norm_eps=self.layer_norm_eps,
         initializer_range=self.initializer_range, attention_impl=self.attention_impl,
-        remat=self.remat, dtype=self.dtype)
+        remat=self.remat, dtype=self.dtype, matmul_dtype=self.matmul_dtype)
 
   @property
   def discriminator(self) -> encoder.TowerConfig:
@@ -132,13 +138,13 @@ class GeneratorHead(nn.Module):
   def __call__(self, h_BxMxH, word_table_VxE):
     c = self.cfg
     x = layers.gelu(layers.dense(c.embedding_size, ('hidden', 'embed'), c.initializer_range,
-                                 c.dtype, 'dense')(h_BxMxH))
+                                 c.dtype, 'dense', c.matmul_dtype or None)(h_BxMxH))
     x = layers.layer_norm(c.layer_norm_eps, c.dtype, 'LayerNorm')(x)
     bias_V = self.param('output_bias', nn.with_logical_partitioning(nn.initializers.zeros,
                                                                     ('vocab',)),
                         (c.vocab_size,), jnp.float32)
-    logits_BxMxV = jnp.einsum('bme,ve->bmv', x, word_table_VxE.astype(x.dtype),
-                              preferred_element_type=jnp.float32)
+    logits_BxMxV = layers.einsum('bme,ve->bmv', x, word_table_VxE.astype(x.dtype),
+                                 c.matmul_dtype or None, preferred_element_type=jnp.float32)
     return logits_BxMxV + bias_V
 
 
@@ -150,7 +156,7 @@ class DiscriminatorHead(nn.Module):
   def __call__(self, h_BxLxH):
     c = self.cfg
     x = layers.gelu(layers.dense(c.hidden_size, ('hidden', 'mlp'), c.initializer_range, c.dtype,
-                                 'dense')(h_BxLxH))
+                                 'dense', c.matmul_dtype or None)(h_BxLxH))
     logit = layers.dense(1, ('mlp', 'classes'), c.initializer_range, c.dtype,
                          'dense_prediction')(x)
     return logit[..., 0].astype(jnp.float32)  # [B, L]
