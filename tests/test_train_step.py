@@ -129,9 +129,17 @@ def _topic_batch(config, topics, i):
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_on_structured_corpus():
-  """~250 steps lift generator and discriminator accuracy well above trivial baselines."""
-  c = tiny_config()
+@pytest.mark.parametrize('matmul_dtype', ['', 'bfloat16'])
+def test_tiny_model_learns_on_structured_corpus(matmul_dtype):
+  """~250 steps lift generator and discriminator accuracy well above trivial baselines.
+
+  With mixed precision (bf16 matmuls, float32 elsewhere) only the generator is
+  checked: when the discriminator leaves the constant "original" predictor on
+  this corpus within 250-400 steps depends on the seed (float32 with seeds 1
+  and 2 stays there too; float32 seed 0 leaves it at ~step 150), so its check
+  would test the trajectory, not the precision.
+  """
+  c = tiny_config(**{'model.matmul_dtype': matmul_dtype})
   c.train.batch_size = 32
   c.train.num_steps = 100_000  # schedule horizon: keep the LR flat over the test
   c.model.dropout_rate = c.model.attention_dropout_rate = 0.0
@@ -145,7 +153,8 @@ def test_tiny_model_learns_on_structured_corpus():
   # Trivial baselines: the best context-free generator is right ~1/96 of the
   # time; a discriminator saying "original" everywhere scores 1 - replaced.
   assert mean('gen_accuracy', last) > 0.08, mean('gen_accuracy', last)
-  assert mean('disc_accuracy', last) > 1 - mean('replaced_fraction', last) + 0.015
+  if not matmul_dtype:
+    assert mean('disc_accuracy', last) > 1 - mean('replaced_fraction', last) + 0.015
   assert mean('gen_loss', last) < mean('gen_loss', first) - 1.0
 
 
