@@ -1,7 +1,7 @@
 r"""Before/after of each optimisation, in one process, alternating: the README's numbers.
 
     python benchmarks/ab_step.py --size small --batch 32 --seq-len 128 --rounds 5 \
-        --variants baseline threefry sampling all
+        --variants baseline threefry sampling mlm_loss all
 
 Each variant is the current code with some optimisations switched back to
 what the code did before them (by patching the function or lowering rule
@@ -9,10 +9,13 @@ while that variant's step is traced and compiled; a compiled step keeps what
 it was built with):
   threefry  jax.random draws lowered on CPU without the rolled loop
             (electra_jax.models.layers.use_unrolled_threefry_on_cpu);
-  sampling  two-level Gumbel-max sampling and two-level argmax for the MLM
-            accuracy (electra_jax.objectives.sample_tokens / first_argmax)
-            instead of one Gumbel draw per vocabulary entry and jnp.argmax.
-`baseline` has none, `all` has every one, a name alone has only that one. All
+  sampling  two-level Gumbel-max sampling (electra_jax.objectives.sample_tokens)
+            instead of one Gumbel draw per vocabulary entry;
+  mlm_loss  the MLM loss's fused softmax - one_hot backward and the accuracy
+            from the logsumexp's max (objectives.nll_and_hit) instead of
+            log_softmax + take_along_axis autodiff and a jnp.argmax.
+`baseline` has none, `all` has every one, a name alone has only that one,
+`all-NAME` all but that one. All
 variants step on the same batch, in an order rotated every round; reported
 are median step times and speed-ups over `baseline`.
 """
@@ -35,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 from electra_jax import objectives  # noqa: E402
 from electra_jax.models import layers  # noqa: E402
 
-OPTIMISATIONS = ('threefry', 'sampling')
+OPTIMISATIONS = ('threefry', 'sampling', 'mlm_loss')
 
 
 def _gumbel_per_entry(rng, logits_BxMxV, targets_BxM, temperature, disallow_correct):
@@ -47,19 +50,29 @@ def _gumbel_per_entry(rng, logits_BxMxV, targets_BxM, temperature, disallow_corr
   return jnp.argmax(logits + gumbel, axis=-1).astype(jnp.int32)
 
 
+def _mlm_loss_autodiff(logits_BxMxV, targets_BxM, weights_BxM):
+  """mlm_loss_and_accuracy as it was: log_softmax + take_along_axis, jnp.argmax accuracy."""
+  logp = jax.nn.log_softmax(logits_BxMxV.astype(jnp.float32), axis=-1)
+  nll_BxM = -jnp.take_along_axis(logp, targets_BxM[..., None], axis=-1)[..., 0]
+  acc_BxM = (jnp.argmax(logits_BxMxV, -1) == targets_BxM).astype(jnp.float32)
+  return (objectives.weighted_mean(nll_BxM, weights_BxM),
+          objectives.weighted_mean(acc_BxM, weights_BxM))
+
+
 @contextlib.contextmanager
 def switched_off(names):
   """Reverts the named optimisations while a step is built inside the block."""
-  saved = (objectives.sample_tokens, objectives.first_argmax)
+  saved = (objectives.sample_tokens, objectives.mlm_loss_and_accuracy)
   try:
     if 'threefry' not in names:
       layers.use_unrolled_threefry_on_cpu(True)
     if 'sampling' in names:
       objectives.sample_tokens = _gumbel_per_entry
-      objectives.first_argmax = lambda x: jnp.argmax(x, -1)
+    if 'mlm_loss' in names:
+      objectives.mlm_loss_and_accuracy = _mlm_loss_autodiff
     yield
   finally:
-    objectives.sample_tokens, objectives.first_argmax = saved
+    objectives.sample_tokens, objectives.mlm_loss_and_accuracy = saved
     layers.use_unrolled_threefry_on_cpu(False)
 
 
@@ -71,7 +84,7 @@ def main():
   p.add_argument('--dtype', default='float32')
   p.add_argument('--attention', default='einsum')
   p.add_argument('--variants', nargs='+', default=['baseline', 'all'],
-                 help=f'baseline | all | one of {OPTIMISATIONS}')
+                 help=f'baseline | all | one of {OPTIMISATIONS} | all-NAME (all but one)')
   p.add_argument('--rounds', type=int, default=4)
   a = p.parse_args()
   cfg = bench_step.make_config(a.size, a.batch, a.seq_len, dtype=a.dtype,
@@ -79,9 +92,10 @@ def main():
   batch = bench_step.synthetic_batch(cfg)
   runners = {}
   for v in a.variants:
-    on = set(OPTIMISATIONS) if v == 'all' else set() if v == 'baseline' else {v}
-    if not on <= set(OPTIMISATIONS):
-      raise ValueError(f'variant {v!r}; expected baseline, all or one of {OPTIMISATIONS}')
+    on = (set(OPTIMISATIONS) if v == 'all' else set() if v == 'baseline'
+          else set(OPTIMISATIONS) - {v[4:]} if v.startswith('all-') else {v})
+    if not on <= set(OPTIMISATIONS) or (v.startswith('all-') and v[4:] not in OPTIMISATIONS):
+      raise ValueError(f'variant {v!r}; expected baseline, all, all-NAME or one of {OPTIMISATIONS}')
     with switched_off(set(OPTIMISATIONS) - on):
       runners[v] = bench_step.JaxStep(cfg, fast_rng=False)
     runners[v].step(batch)  # warm-up

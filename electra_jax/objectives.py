@@ -114,7 +114,7 @@ def mask_inputs(rng, input_ids, input_mask, cfg: ObjectiveConfig) -> Masked:
   return Masked(masked_ids, positions_BxM, weights_BxM, targets_BxM.astype(jnp.int32))
 
 
-# Vocabulary entries per block in `sample_tokens` / `first_argmax`: two levels
+# Vocabulary entries per block in `sample_tokens`: two levels
 # of ~sqrt(V) (30522 -> 239 blocks of 128) keep both levels small.
 VOCAB_BLOCK = 128
 
@@ -126,21 +126,6 @@ def _vocab_blocks(x_BxMxV, fill):
   K = -(-V // C)
   x = jnp.pad(x_BxMxV, [(0, 0)] * (x_BxMxV.ndim - 1) + [(0, K * C - V)], constant_values=fill)
   return x.reshape(*x.shape[:-1], K, C)
-
-
-def first_argmax(x_BxMxV):
-  """jnp.argmax(x, -1) (first index of the maximum) in two levels.
-
-  XLA:CPU emits a (value, index) reduction over 30522 entries as a scalar
-  loop, ~10x slower than a plain max; here only the [.., K] and [.., C]
-  argmaxes are variadic. The first block whose max is the global max holds
-  the first maximal entry, so the result equals jnp.argmax exactly.
-  """
-  blocks_BxMxKxC = _vocab_blocks(x_BxMxV, -jnp.inf)
-  C = blocks_BxMxKxC.shape[-1]
-  kb = jnp.argmax(jnp.max(blocks_BxMxKxC, -1), -1)  # [B, M]
-  inner_BxMxC = jnp.take_along_axis(blocks_BxMxKxC, kb[..., None, None], axis=-2)[..., 0, :]
-  return (kb * C + jnp.argmax(inner_BxMxC, -1)).astype(jnp.int32)
 
 
 def sample_tokens(rng, logits_BxMxV, targets_BxM, temperature: float, disallow_correct: bool):
@@ -175,12 +160,44 @@ def weighted_mean(x, w):
   return jnp.sum(x * w) / (jnp.sum(w) + 1e-6)
 
 
+def _nll_and_hit_fwd(logits_BxMxV, targets_BxM):
+  m_BxM = jnp.max(logits_BxMxV, -1)
+  lse_BxM = m_BxM + jnp.log(jnp.sum(jnp.exp(logits_BxMxV - m_BxM[..., None]), -1))
+  target_BxM = jnp.take_along_axis(logits_BxMxV, targets_BxM[..., None], axis=-1)[..., 0]
+  hit_BxM = (target_BxM >= m_BxM).astype(jnp.float32)
+  return (lse_BxM - target_BxM, hit_BxM), (logits_BxMxV, targets_BxM, lse_BxM)
+
+
+def _nll_and_hit_bwd(res, g):
+  logits_BxMxV, targets_BxM, lse_BxM = res
+  g_nll_BxM, _ = g  # the hit indicator has no gradient
+  vocab_ids = jnp.arange(logits_BxMxV.shape[-1], dtype=targets_BxM.dtype)
+  # d nll / d logits = softmax - one_hot(target): one fused pass over [B, M, V].
+  onehot = (vocab_ids == targets_BxM[..., None]).astype(logits_BxMxV.dtype)
+  grad = g_nll_BxM[..., None] * (jnp.exp(logits_BxMxV - lse_BxM[..., None]) - onehot)
+  return grad, None
+
+
+@jax.custom_vjp
+def nll_and_hit(logits_BxMxV, targets_BxM):
+  """-log softmax(logits)[target] and 1.0 where the target has the largest logit.
+
+  The backward pass is softmax - one_hot written as one elementwise pass (the
+  autodiff of a take_along_axis is a scatter into a zero [B, M, V] array plus
+  a separate pass). `hit` uses the max that the logsumexp needs anyway, so the
+  accuracy costs no argmax; it counts a target tied with the maximum as a hit
+  (jnp.argmax would pick the first of the tied entries).
+  """
+  return _nll_and_hit_fwd(logits_BxMxV, targets_BxM)[0]
+
+
+nll_and_hit.defvjp(_nll_and_hit_fwd, _nll_and_hit_bwd)
+
+
 def mlm_loss_and_accuracy(logits_BxMxV, targets_BxM, weights_BxM):
   """Cross-entropy averaged over the real prediction slots, and accuracy."""
-  logp = jax.nn.log_softmax(logits_BxMxV.astype(jnp.float32), axis=-1)
-  nll_BxM = -jnp.take_along_axis(logp, targets_BxM[..., None], axis=-1)[..., 0]
-  acc_BxM = (first_argmax(logits_BxMxV) == targets_BxM).astype(jnp.float32)
-  return weighted_mean(nll_BxM, weights_BxM), weighted_mean(acc_BxM, weights_BxM)
+  nll_BxM, hit_BxM = nll_and_hit(logits_BxMxV.astype(jnp.float32), targets_BxM.astype(jnp.int32))
+  return weighted_mean(nll_BxM, weights_BxM), weighted_mean(hit_BxM, weights_BxM)
 
 
 def disc_loss_and_metrics(logits_BxL, labels_BxL, weights_BxL):

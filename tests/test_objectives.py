@@ -136,6 +136,29 @@ def test_mlm_loss_matches_formula():
   np.testing.assert_allclose(acc, 0.5, rtol=1e-4)
 
 
+def test_mlm_loss_gradient_and_accuracy_match_autodiff_and_argmax():
+  """nll_and_hit's hand-written backward == autodiff of log_softmax; hit == (argmax == target)."""
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  logits = 3 * jax.random.normal(k1, (4, 7, 300))
+  targets = jax.random.randint(k2, (4, 7), 0, 300)
+  targets = targets.at[:, :3].set(jnp.argmax(logits[:, :3], -1))  # some hits
+  weights = (jax.random.uniform(k3, (4, 7)) > 0.3).astype(jnp.float32)
+
+  def reference(x):
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(x, -1), targets[..., None], -1)[..., 0]
+    acc = (jnp.argmax(x, -1) == targets).astype(jnp.float32)
+    return objectives.weighted_mean(nll, weights), objectives.weighted_mean(acc, weights)
+
+  (loss, acc), (want_loss, want_acc) = (objectives.mlm_loss_and_accuracy(logits, targets, weights),
+                                        reference(logits))
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  assert 0 < float(acc) == float(want_acc) < 1
+  grad = jax.grad(lambda x: objectives.mlm_loss_and_accuracy(x, targets, weights)[0])(logits)
+  want = jax.grad(lambda x: reference(x)[0])(logits)
+  np.testing.assert_allclose(grad, want, atol=1e-7)
+  assert float(jnp.abs(want).max()) > 1e-2
+
+
 def test_labels_only_where_sample_differs():
   """Label is 1 exactly where the discriminator input differs from the original."""
   from electra_jax import train
