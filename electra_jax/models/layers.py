@@ -119,8 +119,13 @@ def layer_norm(eps: float, dtype, name: str) -> nn.LayerNorm:
 
 
 def gelu(x):
-  """BERT's exact (erf) GELU, as in the official ELECTRA and Hugging Face code."""
-  return nn.gelu(x, approximate=False)
+  """BERT's exact (erf) GELU, written as the official ELECTRA / BERT code does.
+
+  0.5 x (1 + erf(x / sqrt 2)); nn.gelu(approximate=False) computes the same
+  function through erfc, which XLA:CPU evaluates ~3x slower (exp + branches).
+  The two agree within 1e-6 absolute.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
 
 def use_unrolled_threefry_on_cpu(enable: bool = True) -> bool:
