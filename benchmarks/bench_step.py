@@ -222,7 +222,8 @@ def sweep_variants(name: str) -> list[Variant]:
   if name == 'sizes':
     return [Variant('tiny', 32, 128), Variant('tiny', 8, 512), Variant('small', 32, 128),
             Variant('small', 8, 512), Variant('base', 8, 128), Variant('base', 2, 512),
-            Variant('small', 32, 128, 'bfloat16'), Variant('base', 8, 128, 'bfloat16')]
+            Variant('small', 32, 128, 'mixed'), Variant('small', 8, 512, 'mixed'),
+            Variant('base', 8, 128, 'mixed'), Variant('base', 2, 512, 'mixed')]
   raise ValueError(f'sweep {name!r}; expected variants or sizes')
 
 
