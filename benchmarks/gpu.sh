@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# GPU benchmark in one script, sized for the device tool's 15-minute budget (about 9 minutes).
+# GPU benchmark in one script, sized for the device tool's 15-minute budget (at most ~9.5 minutes).
 #
 # Measures on one GPU, electra_jax against the HF/PyTorch peer on the same GPU, alternating:
 #   1. the matmul peak (float32 and bfloat16, n = 4096 / 8192) with JAX;
-#   2. ELECTRA-Small 128 x 128: ours float32/einsum and bfloat16/cudnn against the peer's
-#      float32 and bfloat16 autocast;
+#   2. ELECTRA-Small 128 x 128: ours float32/einsum, bfloat16/cudnn and mixed/einsum
+#      (model.matmul_dtype=bfloat16) against the peer's float32 and bfloat16 autocast;
 #   3. ELECTRA-Base 32 x 512 (the goal: >= 45% MFU in bf16 on an H200): ours bfloat16/cudnn
 #      and float32/einsum against the peer's bfloat16 autocast and float32.
 #
@@ -41,8 +41,8 @@ run() {  # run <seconds> <name> <command...>: time-limited, log kept even when k
 }
 
 run 60 peak $PY benchmarks/matmul_peak.py --sizes 4096 8192 --seconds 2 --json "$OUT/peak.json"
-run 200 small128 $PY benchmarks/bench_vs_peer.py --size small --batch 128 --seq-len 128 \
-  --ours float32/einsum bfloat16/cudnn --peer float32 bfloat16 --peer-device cuda \
+run 240 small128 $PY benchmarks/bench_vs_peer.py --size small --batch 128 --seq-len 128 \
+  --ours float32/einsum bfloat16/cudnn mixed/einsum --peer float32 bfloat16 --peer-device cuda \
   --warmup 3 --rounds 20 --peak-sizes 4096 8192 --peak-seconds 1 --json "$OUT/small128.json"
 run 260 base512 $PY benchmarks/bench_vs_peer.py --size base --batch 32 --seq-len 512 \
   --ours bfloat16/cudnn float32/einsum --peer bfloat16 float32 --peer-device cuda \

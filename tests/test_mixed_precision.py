@@ -116,3 +116,5 @@ def test_mixed_train_step_matches_float32_and_is_deterministic():
 def test_bad_matmul_dtype_errors():
   with pytest.raises(ValueError, match='model.matmul_dtype=.int8.*expected'):
     train.build_model(tiny_config(**{'model.matmul_dtype': 'int8'}))
+  with pytest.raises(ValueError, match='mixed precision needs model.dtype=float32'):
+    train.build_model(tiny_config(**{'model.matmul_dtype': 'bfloat16', 'model.dtype': 'float16'}))

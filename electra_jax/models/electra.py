@@ -84,6 +84,9 @@ class ModelConfig:
     if self.matmul_dtype not in ('', 'float32', 'bfloat16', 'float16'):
       raise ValueError(f'model.matmul_dtype={self.matmul_dtype!r}; expected \'\' (= model.dtype), '
                        'float32, bfloat16 or float16')
+    if self.matmul_dtype not in ('', self.dtype) and self.dtype != 'float32':
+      raise ValueError(f'model.matmul_dtype={self.matmul_dtype!r} with model.dtype={self.dtype!r}: '
+                       'mixed precision needs model.dtype=float32 (or leave matmul_dtype empty)')
     if self.generator_head not in ('masked', 'full'):
       raise ValueError(f'model.generator_head={self.generator_head!r}; expected masked or full')
     if self.attention_impl not in ('einsum', 'xla', 'cudnn'):

@@ -32,27 +32,30 @@ def _einsum_spec(dimension_numbers, lhs_ndim: int, rhs_ndim: int) -> tuple[str, 
   return ''.join(lhs), ''.join(rhs), ''.join(out)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _mixed_einsum(spec, a, b, matmul_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _mixed_einsum(spec, dtypes, a, b):
+  """einsum of (lhs, rhs, out) subscripts with `a`, `b` cast to dtypes[0], float32 result.
+
+  dtypes = (matmul dtype, a's dtype, b's dtype): the last two are the dtypes
+  the backward pass returns the gradients in.
+  """
   lhs, rhs, out = spec
-  return jnp.einsum(f'{lhs},{rhs}->{out}', a.astype(matmul_dtype), b.astype(matmul_dtype),
+  return jnp.einsum(f'{lhs},{rhs}->{out}', a.astype(dtypes[0]), b.astype(dtypes[0]),
                     preferred_element_type=jnp.float32)
 
 
-def _mixed_einsum_fwd(spec, a, b, matmul_dtype):
-  a16, b16 = a.astype(matmul_dtype), b.astype(matmul_dtype)
-  # Zero-size arrays carry the operands' dtypes to the backward pass.
-  return (_mixed_einsum(spec, a, b, matmul_dtype),
-          (a16, b16, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype)))
+def _mixed_einsum_fwd(spec, dtypes, a, b):
+  a16, b16 = a.astype(dtypes[0]), b.astype(dtypes[0])
+  return _mixed_einsum(spec, dtypes, a16, b16), (a16, b16)
 
 
-def _mixed_einsum_bwd(spec, matmul_dtype, res, g):
+def _mixed_einsum_bwd(spec, dtypes, res, g):
   lhs, rhs, out = spec
-  a16, b16, a_dtype, b_dtype = res
-  g16 = g.astype(matmul_dtype)
+  a16, b16 = res
+  g16 = g.astype(dtypes[0])
   da = jnp.einsum(f'{out},{rhs}->{lhs}', g16, b16, preferred_element_type=jnp.float32)
   db = jnp.einsum(f'{out},{lhs}->{rhs}', g16, a16, preferred_element_type=jnp.float32)
-  return da.astype(a_dtype.dtype), db.astype(b_dtype.dtype)
+  return da.astype(dtypes[1]), db.astype(dtypes[2])
 
 
 _mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
@@ -77,7 +80,7 @@ def einsum(subscripts: str, a, b, matmul_dtype=None, preferred_element_type=None
     return jnp.einsum(subscripts, a, b, preferred_element_type=preferred_element_type)
   operands, out = subscripts.replace(' ', '').split('->')
   lhs, rhs = operands.split(',')
-  return _mixed_einsum((lhs, rhs, out), a, b, jnp.dtype(matmul_dtype))
+  return _mixed_einsum((lhs, rhs, out), (jnp.dtype(matmul_dtype), a.dtype, b.dtype), a, b)
 
 
 def mixed_dot_general(matmul_dtype):
@@ -85,7 +88,7 @@ def mixed_dot_general(matmul_dtype):
   def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
     del precision, preferred_element_type  # float32 accumulation and output
     spec = _einsum_spec(dimension_numbers, lhs.ndim, rhs.ndim)
-    return _mixed_einsum(spec, lhs, rhs, jnp.dtype(matmul_dtype))
+    return _mixed_einsum(spec, (jnp.dtype(matmul_dtype), lhs.dtype, rhs.dtype), lhs, rhs)
   return dot_general
 
 
