@@ -78,17 +78,12 @@ def switched_off(names):
 
 def main():
   p = argparse.ArgumentParser(description='A/B of the step optimisations, alternating.')
-  p.add_argument('--size', default='small')
-  p.add_argument('--batch', type=int, default=32)
-  p.add_argument('--seq-len', type=int, default=128)
-  p.add_argument('--dtype', default='float32')
-  p.add_argument('--attention', default='einsum')
+  bench_step.add_step_args(p)
   p.add_argument('--variants', nargs='+', default=['baseline', 'all'],
                  help=f'baseline | all | one of {OPTIMISATIONS} | all-NAME (all but one)')
   p.add_argument('--rounds', type=int, default=4)
   a = p.parse_args()
-  cfg = bench_step.make_config(a.size, a.batch, a.seq_len, dtype=a.dtype,
-                               attention_impl=a.attention)
+  cfg = bench_step.config_from_args(a)
   batch = bench_step.synthetic_batch(cfg)
   runners = {}
   for v in a.variants:

@@ -63,6 +63,23 @@ def peak_dtype(dtype: str) -> str:
   return 'float32' if dtype == 'float32' else 'bfloat16'
 
 
+def add_step_args(p: argparse.ArgumentParser) -> None:
+  """The step's shape and variant flags (read by `config_from_args`), shared by the scripts here."""
+  p.add_argument('--size', default='small', choices=['tiny', 'small', 'base', 'large'])
+  p.add_argument('--batch', type=int, default=32)
+  p.add_argument('--seq-len', type=int, default=128)
+  p.add_argument('--dtype', default='float32', choices=PRECISIONS,
+                 help='mixed: float32 with bfloat16 matmuls (model.matmul_dtype)')
+  p.add_argument('--attention', default='einsum', choices=['einsum', 'xla', 'cudnn'])
+  p.add_argument('--head', default='masked', choices=['masked', 'full'])
+  p.add_argument('--remat', action='store_true')
+
+
+def config_from_args(a: argparse.Namespace):
+  return make_config(a.size, a.batch, a.seq_len, dtype=a.dtype, attention_impl=a.attention,
+                     remat=a.remat, generator_head=a.head)
+
+
 def make_config(size: str, batch: int, seq_len: int, *, dtype: str = 'float32',
                 attention_impl: str = 'einsum', remat: bool = False,
                 generator_head: str = 'masked'):
@@ -250,14 +267,7 @@ def run_sweep(name: str, warmup: int, steps: int, peak_seconds: float, out_json:
 
 def main():
   p = argparse.ArgumentParser(description='electra_jax train-step benchmark.')
-  p.add_argument('--size', default='small', choices=['tiny', 'small', 'base', 'large'])
-  p.add_argument('--batch', type=int, default=32)
-  p.add_argument('--seq-len', type=int, default=128)
-  p.add_argument('--dtype', default='float32', choices=PRECISIONS,
-                 help='mixed: float32 with bfloat16 matmuls (model.matmul_dtype)')
-  p.add_argument('--attention', default='einsum', choices=['einsum', 'xla', 'cudnn'])
-  p.add_argument('--head', default='masked', choices=['masked', 'full'])
-  p.add_argument('--remat', action='store_true')
+  add_step_args(p)
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--peak-seconds', type=float, default=1.5)

@@ -76,14 +76,14 @@ def main():
 
   runners = {}  # name -> (step fn, config, flops dtype, compile seconds)
   for spec in a.ours:
-    cfg = bench_step.make_config(a.size, a.batch, a.seq_len, **parse_ours(spec))
+    kw = parse_ours(spec)
+    cfg = bench_step.make_config(a.size, a.batch, a.seq_len, **kw)
     if 'before' in spec.split('/')[2:]:  # the step as it was before benchmarks/ab_step.py's changes
       with ab_step.switched_off(ab_step.OPTIMISATIONS):
         r = bench_step.JaxStep(cfg, fast_rng=False)
     else:
       r = bench_step.JaxStep(cfg)
-    runners[f'jax {spec}'] = (r.step, cfg, bench_step.peak_dtype(parse_ours(spec)['dtype']),
-                              r.compile_s)
+    runners[f'jax {spec}'] = (r.step, cfg, bench_step.peak_dtype(kw['dtype']), r.compile_s)
     print(f'built jax {spec}: compile {r.compile_s:.1f} s', flush=True)
   for prec in a.peer:
     peer = torch_peer.TorchPeer(batch_cfg, autocast=prec, device=a.peer_device)

@@ -62,19 +62,12 @@ def fusion_source(name: str, index: dict, hlo_text: str) -> str:
 
 def main():
   p = argparse.ArgumentParser(description='Per-op profile of the electra_jax train step.')
-  p.add_argument('--size', default='small')
-  p.add_argument('--batch', type=int, default=32)
-  p.add_argument('--seq-len', type=int, default=128)
-  p.add_argument('--dtype', default='float32')
-  p.add_argument('--attention', default='einsum')
-  p.add_argument('--head', default='masked')
-  p.add_argument('--remat', action='store_true')
+  bench_step.add_step_args(p)
   p.add_argument('--steps', type=int, default=2)
   p.add_argument('--top', type=int, default=25)
   p.add_argument('--out', default='/tmp/electra_jax_profile')
   a = p.parse_args()
-  cfg = bench_step.make_config(a.size, a.batch, a.seq_len, dtype=a.dtype,
-                               attention_impl=a.attention, remat=a.remat, generator_head=a.head)
+  cfg = bench_step.config_from_args(a)
   runner = bench_step.JaxStep(cfg)
   batch = bench_step.synthetic_batch(cfg)
   runner.step(batch)

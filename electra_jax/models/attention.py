@@ -40,7 +40,7 @@ class SelfAttention(nn.Module):
   initializer_range: float
   impl: str = 'einsum'
   dtype: jnp.dtype = jnp.float32
-  matmul_dtype: jnp.dtype | None = None  # mixed precision: layers.einsum
+  matmul_dtype: str = ''  # '' = dtype; else mixed precision (layers.einsum)
 
   @nn.compact
   def __call__(self, x_BxLxH, key_mask_BxL, deterministic: bool):

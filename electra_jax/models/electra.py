@@ -141,13 +141,13 @@ class GeneratorHead(nn.Module):
   def __call__(self, h_BxMxH, word_table_VxE):
     c = self.cfg
     x = layers.gelu(layers.dense(c.embedding_size, ('hidden', 'embed'), c.initializer_range,
-                                 c.dtype, 'dense', c.matmul_dtype or None)(h_BxMxH))
+                                 c.dtype, 'dense', c.matmul_dtype)(h_BxMxH))
     x = layers.layer_norm(c.layer_norm_eps, c.dtype, 'LayerNorm')(x)
     bias_V = self.param('output_bias', nn.with_logical_partitioning(nn.initializers.zeros,
                                                                     ('vocab',)),
                         (c.vocab_size,), jnp.float32)
     logits_BxMxV = layers.einsum('bme,ve->bmv', x, word_table_VxE.astype(x.dtype),
-                                 c.matmul_dtype or None, preferred_element_type=jnp.float32)
+                                 c.matmul_dtype, preferred_element_type=jnp.float32)
     return logits_BxMxV + bias_V
 
 
@@ -159,7 +159,7 @@ class DiscriminatorHead(nn.Module):
   def __call__(self, h_BxLxH):
     c = self.cfg
     x = layers.gelu(layers.dense(c.hidden_size, ('hidden', 'mlp'), c.initializer_range, c.dtype,
-                                 'dense', c.matmul_dtype or None)(h_BxLxH))
+                                 'dense', c.matmul_dtype)(h_BxLxH))
     logit = layers.dense(1, ('mlp', 'classes'), c.initializer_range, c.dtype,
                          'dense_prediction')(x)
     return logit[..., 0].astype(jnp.float32)  # [B, L]

@@ -94,7 +94,7 @@ class AddNorm(nn.Module):
   def __call__(self, x, residual, deterministic: bool):
     c = self.cfg
     y = layers.dense(c.hidden_size, (self.in_axis, 'hidden'), c.initializer_range, c.dtype, 'dense',
-                     c.matmul_dtype or None)(x)
+                     c.matmul_dtype)(x)
     y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     return layers.layer_norm(c.layer_norm_eps, c.dtype, 'LayerNorm')(y + residual)
 
@@ -107,7 +107,7 @@ class AttentionBlock(nn.Module):
     c = self.cfg
     ctx = attention.SelfAttention(
         c.hidden_size, c.num_heads, c.attention_dropout_rate, c.initializer_range,
-        c.attention_impl, c.dtype, c.matmul_dtype or None, name='self')(x_BxLxH, key_mask_BxL, deterministic)
+        c.attention_impl, c.dtype, c.matmul_dtype, name='self')(x_BxLxH, key_mask_BxL, deterministic)
     return AddNorm(c, 'qkv', name='output')(ctx, x_BxLxH, deterministic)
 
 
@@ -118,7 +118,7 @@ class Intermediate(nn.Module):
   def __call__(self, x_BxLxH):
     c = self.cfg
     return layers.gelu(layers.dense(c.intermediate_size, ('hidden', 'mlp'), c.initializer_range,
-                                    c.dtype, 'dense', c.matmul_dtype or None)(x_BxLxH))
+                                    c.dtype, 'dense', c.matmul_dtype)(x_BxLxH))
 
 
 class TransformerLayer(nn.Module):
@@ -145,7 +145,7 @@ class Tower(nn.Module):
     h = emb_BxLxE
     if h.shape[-1] != c.hidden_size:
       h = layers.dense(c.hidden_size, ('embed', 'hidden'), c.initializer_range, c.dtype,
-                       'embeddings_project', c.matmul_dtype or None)(h)
+                       'embeddings_project', c.matmul_dtype)(h)
     key_mask_BxL = attention.key_padding_mask(input_mask_BxL)
     layer_cls = TransformerLayer
     if c.remat:

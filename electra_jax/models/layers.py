@@ -61,6 +61,11 @@ def _mixed_einsum_bwd(spec, dtypes, res, g):
 _mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
 
 
+def _is_mixed(matmul_dtype) -> bool:
+  """True for a matmul dtype that asks for mixed precision: set ('' / None = off) and not float32."""
+  return bool(matmul_dtype) and jnp.dtype(matmul_dtype) != jnp.float32
+
+
 def einsum(subscripts: str, a, b, matmul_dtype=None, preferred_element_type=None):
   """Two-operand matmul einsum; with `matmul_dtype` (e.g. bfloat16) it is mixed precision.
 
@@ -74,9 +79,9 @@ def einsum(subscripts: str, a, b, matmul_dtype=None, preferred_element_type=None
   matmuls ~2x faster than float32: XLA:CPU only uses the bf16 dot-product
   instructions when the dot's output is float32 (benchmarks/README.md).
   Gradients wrt the operands come back in the operands' own dtypes.
-  Without `matmul_dtype` this is `jnp.einsum`.
+  Without `matmul_dtype` ('' or None) this is `jnp.einsum`.
   """
-  if matmul_dtype is None or jnp.dtype(matmul_dtype) == jnp.float32:
+  if not _is_mixed(matmul_dtype):
     return jnp.einsum(subscripts, a, b, preferred_element_type=preferred_element_type)
   operands, out = subscripts.replace(' ', '').split('->')
   lhs, rhs = operands.split(',')
@@ -99,11 +104,10 @@ def dense(features: int, axes: Sequence[str], init_std: float, dtype, name: str,
   With a `matmul_dtype` other than float32 the matmul is mixed precision
   (see `einsum`); the output is float32.
   """
-  mixed = matmul_dtype is not None and jnp.dtype(matmul_dtype) != jnp.float32
   return nn.Dense(
       features,
       dtype=dtype,
-      dot_general=mixed_dot_general(matmul_dtype) if mixed else None,
+      dot_general=mixed_dot_general(matmul_dtype) if _is_mixed(matmul_dtype) else None,
       param_dtype=jnp.float32,
       kernel_init=nn.with_logical_partitioning(
           nn.initializers.truncated_normal(init_std), tuple(axes)),
