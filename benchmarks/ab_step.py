@@ -35,6 +35,7 @@ import bench_step  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from electra_jax import hostmem  # noqa: E402
 from electra_jax import objectives  # noqa: E402
 from electra_jax.models import layers  # noqa: E402
 
@@ -115,4 +116,5 @@ def main():
 
 
 if __name__ == '__main__':
+  hostmem.reexec_with_tuned_malloc()  # before any step runs: see electra_jax/hostmem.py
   main()

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402  (puts the repo on sys.path)
 import jax  # noqa: E402
 
+from electra_jax import hostmem  # noqa: E402
 from electra_jax import sharding  # noqa: E402
 from electra_jax import train  # noqa: E402
 
@@ -97,4 +98,5 @@ def main():
 
 
 if __name__ == '__main__':
+  hostmem.reexec_with_tuned_malloc()  # before any step runs: see electra_jax/hostmem.py
   main()

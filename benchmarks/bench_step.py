@@ -48,6 +48,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import pretrain  # noqa: E402
+from electra_jax import hostmem  # noqa: E402
 from electra_jax import sharding  # noqa: E402
 from electra_jax import train  # noqa: E402
 from electra_jax.models import layers  # noqa: E402
@@ -290,4 +291,5 @@ def main():
 
 
 if __name__ == '__main__':
+  hostmem.reexec_with_tuned_malloc()  # before any step runs: see electra_jax/hostmem.py
   main()

@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_step  # noqa: E402
 import jax  # noqa: E402
 
+from electra_jax import hostmem  # noqa: E402
+
 # Trace events that are wrappers around the whole step, not XLA ops.
 WRAPPERS = ('ThunkExecutor', '$', 'np.asarray', 'PjRt', 'Execute')
 
@@ -100,4 +102,5 @@ def main():
 
 
 if __name__ == '__main__':
+  hostmem.reexec_with_tuned_malloc()  # before any step runs: see electra_jax/hostmem.py
   main()

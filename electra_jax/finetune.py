@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from electra_jax import hostmem
 from electra_jax import optim
 from electra_jax import pretrained
 from electra_jax import sharding
@@ -457,6 +458,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  hostmem.reexec_with_tuned_malloc()  # before any step runs: see electra_jax/hostmem.py
   from absl import app
   from absl import flags
   from ml_collections import config_flags

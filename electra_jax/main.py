@@ -16,6 +16,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from electra_jax import hostmem
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file and its argument, e.g. configs/pretrain.py:tiny', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs, export).')
@@ -94,4 +96,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  hostmem.reexec_with_tuned_malloc()  # before any step runs: see electra_jax/hostmem.py
   app.run(main)
