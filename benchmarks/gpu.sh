@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # GPU benchmark in one script, sized for the device tool's 15-minute budget (at most ~9.5 minutes).
+# Each bench_vs_peer runner is its own worker process (startup ~5 s each); they share the GPU.
 #
 # Measures on one GPU, electra_jax against the HF/PyTorch peer on the same GPU, alternating:
 #   1. the matmul peak (float32 and bfloat16, n = 4096 / 8192) with JAX;
@@ -41,10 +42,10 @@ run() {  # run <seconds> <name> <command...>: time-limited, log kept even when k
 }
 
 run 60 peak $PY benchmarks/matmul_peak.py --sizes 4096 8192 --seconds 2 --json "$OUT/peak.json"
-run 240 small128 $PY benchmarks/bench_vs_peer.py --size small --batch 128 --seq-len 128 \
+run 270 small128 $PY benchmarks/bench_vs_peer.py --size small --batch 128 --seq-len 128 \
   --ours float32/einsum bfloat16/cudnn mixed/einsum --peer float32 bfloat16 --peer-device cuda \
   --warmup 3 --rounds 20 --peak-sizes 4096 8192 --peak-seconds 1 --json "$OUT/small128.json"
-run 260 base512 $PY benchmarks/bench_vs_peer.py --size base --batch 32 --seq-len 512 \
+run 250 base512 $PY benchmarks/bench_vs_peer.py --size base --batch 32 --seq-len 512 \
   --ours bfloat16/cudnn float32/einsum --peer bfloat16 float32 --peer-device cuda \
   --warmup 3 --rounds 10 --peak-sizes 4096 8192 --peak-seconds 1 --json "$OUT/base512.json"
 echo "done $(date -u)" | tee -a "$OUT/summary.txt"
