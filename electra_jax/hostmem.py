@@ -10,9 +10,10 @@ and 0.72 s of system time per Small step (2.97 s), on the critical path.
 (`arena_max=1`, so all threads share the heap that keeps the memory), no
 mmap'd blocks (`mmap_max=0`) and no trimming of the heap's top
 (`trim_threshold`). The next step reuses the same pages: 0 faults per step,
-0.02 s of system time, and the Small step takes 2.5-2.6 s instead of 2.97 s
-(benchmarks/README.md, "Host memory"). The cost: the process keeps its peak heap until it exits,
-which a training process does anyway.
+0.02 s of system time, and the Small step takes 2.5-2.6 s instead of 2.8-3.0 s
+(benchmarks/README.md, optimisation 6). The cost: the process keeps its peak
+heap until it exits, which a training process does anyway (the peak itself
+was lower: 3.1 GB against 3.7 GB).
 
 glibc reads GLIBC_TUNABLES only when a process starts, so the entry points
 (`electra_jax.main`, `electra_jax.finetune`, the benchmarks) call
