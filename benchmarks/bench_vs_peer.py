@@ -170,15 +170,15 @@ def main():
 
   import jax  # pylint: disable=g-import-not-at-top
   import matmul_peak  # pylint: disable=g-import-not-at-top
-  for spec in a.ours:
-    parse_ours(spec)
-  for spec in a.peer:
-    parse_peer(spec)
   shape = dict(size=a.size, batch=a.batch, seq_len=a.seq_len, peer_device=a.peer_device)
-  jobs = {f'jax {s}': dict(kind='jax', spec=s, **shape) for s in a.ours}
-  jobs.update({f'peer {s}': dict(kind='peer', spec=s, **shape) for s in a.peer})
-  flops_dtype = {n: bench_step.peak_dtype(parse_ours(j['spec'])['dtype']) if j['kind'] == 'jax'
-                 else parse_peer(j['spec']) for n, j in jobs.items()}
+  jobs, config_kw, flops_dtype = {}, {}, {}  # per runner name; each spec parsed once, here
+  for spec in a.ours:
+    n, kw = f'jax {spec}', parse_ours(spec)
+    jobs[n], config_kw[n] = dict(kind='jax', spec=spec, **shape), kw
+    flops_dtype[n] = bench_step.peak_dtype(kw['dtype'])
+  for spec in a.peer:
+    n = f'peer {spec}'
+    jobs[n], config_kw[n], flops_dtype[n] = dict(kind='peer', spec=spec, **shape), {}, parse_peer(spec)
   dtypes = sorted(set(flops_dtype.values()))
   peak = lambda d: matmul_peak.measure_peak(d, a.peak_sizes, a.peak_seconds)['peak_gflops']  # noqa: E731
   load_before = os.getloadavg()[0]
@@ -208,8 +208,7 @@ def main():
   peaks_after = {d: peak(d) for d in dtypes}
   peaks = {d: max(peaks_before[d], peaks_after[d]) for d in dtypes}
 
-  cfg = bench_step.make_config(a.size, a.batch, a.seq_len)
-  flops = bench_step.useful_flops(cfg)  # the same for every runner (full-head: see counting.py)
+  flops = bench_step.useful_flops(bench_step.make_config(a.size, a.batch, a.seq_len))
   print(f'\n{a.size} {a.batch}x{a.seq_len}, {flops / 1e9:.1f} GFLOP/step, matmul peak '
         + ', '.join(f'{d} {peaks[d]:.0f} GFLOP/s (before {peaks_before[d]:.0f}, after '
                     f'{peaks_after[d]:.0f})' for d in dtypes)
@@ -219,9 +218,7 @@ def main():
         '| sys s/step | compile s |\n|---|---|---|---|---|---|---|---|---|')
   results, times = {}, {n: [s['t'] for s in steps[n]] for n in names}
   for n in names:
-    job = jobs[n]
-    f = flops if job['kind'] == 'peer' else bench_step.useful_flops(
-        bench_step.make_config(a.size, a.batch, a.seq_len, **parse_ours(job['spec'])))
+    f = bench_step.useful_flops(bench_step.make_config(a.size, a.batch, a.seq_len, **config_kw[n]))
     med = statistics.median(times[n])
     results[n] = dict(step_s=med, all=times[n], seq_per_s=a.batch / med,
                       tok_per_s=a.batch * a.seq_len / med, gflops=f / med / 1e9,

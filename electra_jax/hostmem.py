@@ -70,7 +70,7 @@ def reexec_with_tuned_malloc() -> None:
   """
   if not applies():
     return
-  argv = list(getattr(sys, 'orig_argv', [])) or [sys.executable] + sys.argv
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable] + argv[1:], tuned_environ())
+  # orig_argv keeps the interpreter's own options (-m module, -u, -X ...).
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], tuned_environ())
