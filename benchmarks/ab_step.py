@@ -9,7 +9,7 @@ while that variant's step is traced and compiled; a compiled step keeps what
 it was built with):
   threefry  jax.random draws lowered on CPU without the rolled loop
             (electra_jax.models.layers.use_unrolled_threefry_on_cpu);
-  sampling  two-level Gumbel-max sampling (electra_jax.objectives.sample_tokens)
+  sampling  two-level Gumbel-max sampling (electra_jax.pretrain.objectives.sample_tokens)
             instead of one Gumbel draw per vocabulary entry;
   mlm_loss  the MLM loss's fused softmax - one_hot backward and the accuracy
             from the logsumexp's max (objectives.nll_and_hit) instead of
@@ -36,7 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from electra_jax import hostmem  # noqa: E402
-from electra_jax import objectives  # noqa: E402
+from electra_jax.pretrain import objectives  # noqa: E402
 from electra_jax.models import layers  # noqa: E402
 
 OPTIMISATIONS = ('threefry', 'sampling', 'mlm_loss')

@@ -4,7 +4,7 @@ r"""Input-pipeline speed: example builder tokens/s and loader batches/s.
     python benchmarks/bench_data.py --input 'corpus/*.txt' --vocab vocab.txt --num_workers 2
     python benchmarks/bench_data.py --measure_step        # also time a real ELECTRA-Small step
 
-Builder: `electra_jax.data.pretraining.build_pretraining_data` on the corpus (default:
+Builder: `electra_jax.data.corpus.build_pretraining_data` on the corpus (default:
 ../shared/data/corpus/enwiki-2015-wikiextractor-sample, else builtin:python-docs), wall time of
 the whole build (reading, tokenizing, packing, writing shards). tokens/s counts the WordPiece
 tokens the tokenizer produced from the text (before packing/truncation). The CPU time of the
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from electra_jax.data import loader as loader_lib  # noqa: E402
-from electra_jax.data import pretraining  # noqa: E402
+from electra_jax.data import corpus  # noqa: E402
 from electra_jax.data import tokenizer as tok_lib  # noqa: E402
 
 SHARED = REPO.parent / 'shared' / 'data'
@@ -83,7 +83,7 @@ def main() -> None:
     load_avg = os.getloadavg()[0]
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
-    meta = pretraining.build_pretraining_data(
+    meta = corpus.build_pretraining_data(
         args.input, tok, out, max_seq_length=args.max_seq_length, num_shards=args.num_shards,
         num_workers=args.num_workers, seed=0, progress=False)
     build_s = time.perf_counter() - t0

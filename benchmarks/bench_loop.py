@@ -4,7 +4,7 @@ r"""The training loop on real data against synthetic data: does the input pipeli
     python benchmarks/bench_loop.py --size small --batch 32 --seq-len 128 \
         --source '/path/to/enwiki/*' --vocab /path/to/bert-base-uncased-vocab.txt
 
-Runs the hot path of `electra_jax.train.train_and_evaluate` (next host batch
+Runs the hot path of `electra_jax.pretrain.loop.train_and_evaluate` (next host batch
 from the loader -> `sharding.global_batch` -> the jitted, donated train step
 -> fetch the previous step's metrics after dispatching the next, as the loop
 does) in alternating blocks of `--block` steps: one block reading the real
@@ -33,7 +33,7 @@ import jax  # noqa: E402
 
 from electra_jax import hostmem  # noqa: E402
 from electra_jax import sharding  # noqa: E402
-from electra_jax import train  # noqa: E402
+from electra_jax.pretrain import loop  # noqa: E402
 
 
 def run_block(runner: bench_step.JaxStep, next_batch, steps: int, loader_times: list) -> list:
@@ -72,7 +72,7 @@ def main():
   if a.vocab:
     config.data.vocab = a.vocab
   t = time.perf_counter()
-  data = train.load_data(config, a.cache_dir)
+  data = loop.load_data(config, a.cache_dir)
   print(f'data ready in {time.perf_counter() - t:.1f} s: {data.train.num_examples} examples '
         f'in {data.data_dir}', flush=True)
   runner = bench_step.JaxStep(config)

@@ -8,7 +8,7 @@ A sweep (each configuration in its own subprocess, so peak RSS is per config):
     python benchmarks/bench_step.py --sweep variants   # Small 32x128: dtype x attention x head x remat
     python benchmarks/bench_step.py --sweep sizes      # tiny / small / base at 128 and 512
 
-The step is `electra_jax.train.make_train_step` (jitted, sharded over the
+The step is `electra_jax.pretrain.loop.make_train_step` (jitted, sharded over the
 local devices, state donated), run on fixed synthetic batches: uniform random
 word-piece ids with [CLS] first and [SEP] last, all tokens real (as the
 issue's peer measurement). Masking and Gumbel sampling run inside the step.
@@ -16,7 +16,7 @@ Reported per configuration:
   compile_s      lower + compile of the step;
   step_s         median wall time of a step (metrics fetched to the host);
   seq/s, tok/s   batch / step_s and batch * seq_len / step_s;
-  GFLOP/s, MFU   useful training FLOPs (electra_jax.counting, cross-checked
+  GFLOP/s, MFU   useful training FLOPs (electra_jax.pretrain.flops, cross-checked
                  with benchmarks/flops.py) per second, over the matmul peak
                  of the same dtype measured in the same process before and
                  after the timing (the larger of the two, so MFU is not
@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 from configs import pretrain  # noqa: E402
 from electra_jax import hostmem  # noqa: E402
 from electra_jax import sharding  # noqa: E402
-from electra_jax import train  # noqa: E402
+from electra_jax.pretrain import loop  # noqa: E402
 from electra_jax.models import layers  # noqa: E402
 import flops as flops_lib  # noqa: E402
 import matmul_peak  # noqa: E402
@@ -128,13 +128,13 @@ class JaxStep:
   def __init__(self, config, seed: int = 0, fast_rng: bool = True):
     self.config = config
     self.mesh = sharding.make_mesh(config.mesh)
-    self.model = train.build_model(config)
-    tx, schedule = train.build_optimizer(config)
-    self.state, shardings = train.create_train_state(config, self.model, tx, self.mesh,
+    self.model = loop.build_model(config)
+    tx, schedule = loop.build_optimizer(config)
+    self.state, shardings = loop.create_train_state(config, self.model, tx, self.mesh,
                                                      jax.random.key(seed))
     jax.block_until_ready(self.state)
     self.rng = jax.random.key(seed + 1)
-    fn = train.make_train_step(config, self.model, tx, schedule, self.mesh, shardings)
+    fn = loop.make_train_step(config, self.model, tx, schedule, self.mesh, shardings)
     batch = self._device_batch(synthetic_batch(config))
     t = time.perf_counter()
     with layers.unrolled_threefry_on_cpu() if fast_rng else contextlib.nullcontext():
@@ -167,7 +167,7 @@ def time_steps(step_fn, batch, warmup: int, steps: int) -> list[float]:
 
 
 def useful_flops(config) -> float:
-  """electra_jax.counting's training FLOPs; raises if benchmarks/flops.py disagrees by > 1%."""
+  """electra_jax.pretrain.flops's training FLOPs; raises if benchmarks/flops.py disagrees by > 1%."""
   lead, ours = flops_lib.lead_flops(config), flops_lib.train_flops_per_step(config)
   if abs(lead - ours) > 0.01 * ours:
     raise ValueError(f'FLOP counts disagree: counting.py {lead:.4g} vs benchmarks/flops.py {ours:.4g}')

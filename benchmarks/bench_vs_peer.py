@@ -18,7 +18,7 @@ Each worker builds and compiles its step on the same synthetic batch
 (benchmarks/bench_step.synthetic_batch, seed 0) and warms up. Then `--rounds`
 rounds each tell every worker in turn (order rotated per round) to run one
 step; only one worker runs at any time. Reported: median step time, seq/s,
-MFU (useful FLOPs from electra_jax.counting over the matmul peak measured in
+MFU (useful FLOPs from electra_jax.pretrain.flops over the matmul peak measured in
 this process before and after the rounds), minor page faults and system time
 per step, and for every (ours, peer) pair the ratio of median throughputs and
 the median of the per-round ratios.

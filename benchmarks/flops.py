@@ -19,7 +19,7 @@ gathered positions. So we count the matmul FLOPs of both towers:
 and multiply the forward total by 3 (backward = 2x forward). Remat's extra
 forward is not useful work and is not counted. Softmax, LayerNorm, GELU,
 masking, sampling and the optimizer are O(params + B L H) and left out.
-`electra_jax.counting.train_flops_per_step` (the lead's, written separately)
+`electra_jax.pretrain.flops.train_flops_per_step` (the lead's, written separately)
 must agree; `bench_step.py` uses it and reports XLA's own count
 (`compiled.cost_analysis()['flops']`), which includes the non-matmul work.
 """
@@ -56,11 +56,11 @@ def train_flops_per_step(config) -> float:
 
 
 def lead_flops(config):
-  """electra_jax.counting.train_flops_per_step for the same config (an independent count)."""
-  from electra_jax import counting  # pylint: disable=g-import-not-at-top
+  """electra_jax.pretrain.flops.train_flops_per_step for the same config (an independent count)."""
+  from electra_jax.pretrain import flops  # pylint: disable=g-import-not-at-top
   from electra_jax.models import electra  # pylint: disable=g-import-not-at-top
   mc = electra.ModelConfig.from_config(config.model)
-  return float(counting.train_flops_per_step(
+  return float(flops.train_flops_per_step(
       mc, int(config.train.batch_size), int(config.train.seq_len),
       min(int(config.objective.max_predictions_per_seq), int(config.train.seq_len))))
 
@@ -77,7 +77,7 @@ def main():
   c = bench_step.make_config(a.size, a.batch, a.seq_len, generator_head=a.generator_head)
   ours, lead = train_flops_per_step(c), lead_flops(c)
   print(f'{a.size} {a.batch}x{a.seq_len} head={a.generator_head}: {ours / 1e9:.1f} GFLOP/step '
-        f'(benchmarks/flops.py)' + f', {lead / 1e9:.1f} (electra_jax/counting.py)')
+        f'(benchmarks/flops.py)' + f', {lead / 1e9:.1f} (electra_jax/pretrain/flops.py)')
 
 
 if __name__ == '__main__':

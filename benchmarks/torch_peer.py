@@ -6,7 +6,7 @@ to the word embeddings (applied at the masked positions only, as the official
 code and electra_jax do), `ElectraForPreTraining` as the discriminator, one
 shared `ElectraEmbeddings` module (word / position / token-type tables and
 their LayerNorm) used by both towers. The objective matches
-`electra_jax.objectives.electra_loss`: dynamic masking of
+`electra_jax.pretrain.objectives.electra_loss`: dynamic masking of
 max(1, min(M, round(0.15 * tokens))) positions drawn without replacement among
 non-special tokens, 85% of them [MASK] and 15% kept, Gumbel-max sampling under
 no_grad, loss = 1 * MLM cross-entropy + 50 * sigmoid BCE over real tokens, and
@@ -85,7 +85,7 @@ class TorchElectra(torch.nn.Module):
 
 
 def mask_inputs(gen: torch.Generator, input_ids, input_mask, obj, tokens):
-  """Same rule as electra_jax.objectives.mask_inputs; returns (ids, positions, weights, targets)."""
+  """Same rule as electra_jax.pretrain.objectives.mask_inputs; returns (ids, positions, weights, targets)."""
   B, L = input_ids.shape
   M = min(obj.max_predictions_per_seq, L)
   cand = (input_mask.bool() & (input_ids != tokens.cls_id) & (input_ids != tokens.sep_id)

@@ -17,8 +17,8 @@ Arguments (`configs/finetune.py:k=v,k=v`):
 
 `init_checkpoint`: '' = random initialisation (the baseline); an electra_jax
 pre-training workdir (its latest checkpoint; the discriminator is cut out); an
-export dir written by electra_jax.checkpoint; or a Hugging Face ELECTRA dir
-(config.json + weights), imported with electra_jax.convert. Missing and
+export dir written by electra_jax.io.checkpoint; or a Hugging Face ELECTRA dir
+(config.json + weights), imported with electra_jax.io.convert. Missing and
 unexpected parameter keys are logged and saved in results.json.
 
 Recipe (ELECTRA_REFERENCE.md "Fine-tuning"): lr 3e-4 / 1e-4 / 5e-5 (small / base /

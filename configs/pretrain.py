@@ -17,7 +17,7 @@ Arguments (`configs/pretrain.py:k=v,k=v`):
   size      tiny | small | base | large          (a bare word sets it)
   vocab     builtin (8192-token WordPiece trained on the offline corpus) | bert
             (BERT uncased, 30522 tokens; set --config.data.vocab to its path)
-  objective electra (default) or a variant from electra_jax/objectives.py
+  objective electra (default) or a variant from electra_jax/pretrain/objectives.py
   runlocal  shrink batch, length and steps for a smoke run
 """
 
@@ -84,7 +84,7 @@ def get_config(arg=None):
       # masked: the generator's LM head only at the masked positions (official);
       # full: at every position (for benchmarks / the All-Tokens MLM ablation).
       generator_head='masked',
-      # Extra heads some objective variants need (electra_jax/objective_variants.py).
+      # Extra heads some objective variants need (electra_jax/pretrain/variants.py).
       discriminator_mlm_head=arg.objective in ('replace_mlm', 'all_tokens_mlm'),
       generator_baseline_head=arg.objective == 'adversarial',
   ))

@@ -1,4 +1,4 @@
-r"""Pre-train ELECTRA: flags -> train.train_and_evaluate(config, workdir).
+r"""Pre-train ELECTRA: flags -> loop.train_and_evaluate(config, workdir).
 
   python -m electra_jax.main --config=configs/pretrain.py:tiny --workdir=runs/tiny
   python -m electra_jax.main --config=configs/pretrain.py:small --config.train.num_steps=1000 ...
@@ -65,13 +65,13 @@ def main(argv):
     # orbax logs every save at INFO; keep the console for our metrics lines.
     logging.set_verbosity(logging.WARNING)
   init_distributed()
-  from electra_jax import train  # pylint: disable=g-import-not-at-top  (after distributed init)
+  from electra_jax.pretrain import loop  # pylint: disable=g-import-not-at-top  (after distributed init)
   cache_dir = _CACHE_DIR.value or os.environ.get('ELECTRA_JAX_CACHE') or None
   try:
-    summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, cache_dir=cache_dir,
+    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, cache_dir=cache_dir,
                                        export_only=_EXPORT_ONLY.value,
                                        progress=_PROGRESS.value)
-  except (ValueError, FileNotFoundError, train.NonFiniteError) as e:
+  except (ValueError, FileNotFoundError, loop.NonFiniteError) as e:
     # One line the user can act on; the traceback is for bugs, not bad inputs.
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from electra_jax import metrics_log
+from electra_jax import runlog
 
 # (title, split, key): train keys from metrics.jsonl, eval keys from eval.jsonl.
 PANELS = (
@@ -55,11 +55,11 @@ def plot_workdirs(workdirs: Sequence, out, smooth: int = 1) -> Path:
   runs = []
   for wd in workdirs:
     wd = Path(wd)
-    if not (wd / metrics_log.FILES['train']).exists():
-      raise FileNotFoundError(f'{wd / metrics_log.FILES["train"]} not found; expected a '
+    if not (wd / runlog.FILES['train']).exists():
+      raise FileNotFoundError(f'{wd / runlog.FILES["train"]} not found; expected a '
                               'pre-training workdir')
     runs.append((wd.name or str(wd),
-                 {s: metrics_log.read_jsonl(wd / f) for s, f in metrics_log.FILES.items()}))
+                 {s: runlog.read_jsonl(wd / f) for s, f in runlog.FILES.items()}))
   panels = [p for p in PANELS if any(
       _series(recs[p[1]], k)[0] for _, recs in runs
       for k in (p[2] if isinstance(p[2], tuple) else (p[2],)))]

@@ -270,7 +270,7 @@ def run_trial(module, config_path: str, trial: Trial, root: Path, *, main_cmd: s
 
 def collect(config, trial: Trial, tdir: Path, ft_scores: dict) -> dict:
   """One flat dict: the trial's settings, pre-training FLOPs and metrics, GLUE scores."""
-  from electra_jax import objective_flops  # pylint: disable=g-import-not-at-top
+  from electra_jax.pretrain import objective_flops  # pylint: disable=g-import-not-at-top
   train_rows = [r for r in _read_jsonl(tdir / 'pretrain' / 'metrics.jsonl')]
   eval_rows = _read_jsonl(tdir / 'pretrain' / 'eval.jsonl')
   last = train_rows[-1] if train_rows else {}
@@ -411,7 +411,7 @@ def run_sweep(config_path: str, root: Path, *, parallel: int = 1, only=(), dry_r
                        f'{[t.name for t in trials]}')
     trials = [t for t in trials if t.name in only]
   root.mkdir(parents=True, exist_ok=True)
-  from electra_jax import objective_flops  # pylint: disable=g-import-not-at-top
+  from electra_jax.pretrain import objective_flops  # pylint: disable=g-import-not-at-top
   for t in trials:  # fail fast on bad keys before any run
     c = resolved_config(module, t)
     print(f'  {t.name}: {c.objective.name}, {c.train.num_steps} steps, '

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from electra_jax import checkpoint
+from electra_jax.io import checkpoint
 from electra_jax import sharding
-from electra_jax import train
+from electra_jax.pretrain import loop
 
 
 def _mesh():
@@ -25,7 +25,7 @@ def _state(mesh, seed):
   params = {'w': jax.device_put(jax.random.normal(k1, (8, 3)), split),
             'b': jax.device_put(jax.random.normal(k2, (3,)), repl)}
   opt = (jax.device_put(jnp.int32(seed), repl), jax.tree.map(jnp.zeros_like, params))
-  return train.TrainState(step=jax.device_put(jnp.int32(seed), repl), params=params,
+  return loop.TrainState(step=jax.device_put(jnp.int32(seed), repl), params=params,
                           opt_state=opt)
 
 

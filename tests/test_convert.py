@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from electra_jax import convert
-from electra_jax.interop import common
+from electra_jax.io import convert
+from electra_jax.io import common
 from electra_jax.models import electra
 
 torch = pytest.importorskip('torch')
@@ -463,17 +463,17 @@ def pretrain_config_for(conv):
 
 def test_continued_pretraining_from_import(tmp_path):
   from electra_jax import sharding
-  from electra_jax import train
+  from electra_jax.pretrain import loop
   spec = CONFIGS['proj_1layer']
   make_hf_pair(spec, tmp_path)
   pair = convert.import_hf(tmp_path / 'disc', tmp_path / 'gen')
   config = pretrain_config_for(pair)
   mesh = sharding.make_mesh(config.mesh)
-  model = train.build_model(config)
-  tx, schedule = train.build_optimizer(config)
+  model = loop.build_model(config)
+  tx, schedule = loop.build_optimizer(config)
   state, shardings = convert.init_train_state(config, model, tx, mesh, pair)
   assert common.same_arrays(common.to_numpy(state.params), pair.params)
-  step = train.make_train_step(config, model, tx, schedule, mesh, shardings)
+  step = loop.make_train_step(config, model, tx, schedule, mesh, shardings)
   rs = np.random.RandomState(0)
   ids = rs.randint(5, spec['vocab'], (config.train.batch_size, MAX_POS)).astype(np.int32)
   batch = {'input_ids': ids, 'input_mask': np.ones_like(ids), 'segment_ids': np.zeros_like(ids)}
@@ -496,20 +496,20 @@ def test_continued_pretraining_from_import(tmp_path):
 @pytest.mark.slow
 def test_pretraining_workdir_exports_to_hf(tmp_path):
   """A run's latest orbax checkpoint -> HF pair (CLI) -> the same weights."""
-  from electra_jax import checkpoint
+  from electra_jax.io import checkpoint
   from electra_jax import sharding
-  from electra_jax import train
+  from electra_jax.pretrain import loop
   conv = random_pretrainer(CONFIGS['proj_1layer'], 'none', seed=5)
   config = pretrain_config_for(conv)
   mesh = sharding.make_mesh(config.mesh)
-  model = train.build_model(config)
-  tx, _ = train.build_optimizer(config)
+  model = loop.build_model(config)
+  tx, _ = loop.build_optimizer(config)
   state, _ = convert.init_train_state(config, model, tx, mesh, conv)
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / 'config.json').write_text(config.to_json())
   ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False,
-                                 abstract_state=train.abstract_train_state(config, model, tx, mesh))
+                                 abstract_state=loop.abstract_train_state(config, model, tx, mesh))
   ckpt.save(0, state, {}, jax.random.key(0))
   ckpt.close()
   convert.main(['--from', 'electra_jax', '--to', 'hf', str(workdir), str(tmp_path / 'out')])
@@ -518,8 +518,8 @@ def test_pretraining_workdir_exports_to_hf(tmp_path):
 
 
 def test_finetuning_starts_from_hf_weights(tmp_path):
-  """electra_jax.pretrained.load (fine-tuning's loader) reads an HF dir through interop."""
-  pretrained = pytest.importorskip('electra_jax.pretrained')
+  """electra_jax.io.weights.load (fine-tuning's loader) reads an HF dir through interop."""
+  pretrained = pytest.importorskip('electra_jax.io.weights')
   spec = CONFIGS['deep_4heads']
   disc, _ = make_hf_pair(spec, tmp_path)
   ckpt = pretrained.load(str(tmp_path / 'disc'))
@@ -531,7 +531,7 @@ def test_finetuning_starts_from_hf_weights(tmp_path):
       convert.import_hf(tmp_path / 'disc').model).discriminator
 
   # The fine-tuning state: body from the checkpoint, only the task head initialised.
-  finetune = pytest.importorskip('electra_jax.finetune')
+  finetune = pytest.importorskip('electra_jax.finetune.loop')
   heads = pytest.importorskip('electra_jax.models.heads')
   from electra_jax import sharding
   import optax

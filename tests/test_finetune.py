@@ -10,10 +10,10 @@ import pytest
 from flax import traverse_util
 
 from configs import finetune as finetune_config
-from electra_jax import checkpoint
-from electra_jax import finetune
-from electra_jax import multiseed
-from electra_jax import pretrained
+from electra_jax.io import checkpoint
+from electra_jax.finetune import loop
+from electra_jax.finetune import multiseed
+from electra_jax.io import weights
 from electra_jax.models import electra
 
 FILLER = 'the a cat dog sat on mat ran far near big small red blue green house tree car'.split()
@@ -76,7 +76,7 @@ def test_classification_learns_separable_task(tmp_path):
   config.model.update(dict(embedding_size=32, hidden_size=64, intermediate_size=128,
                            num_layers=2))
   workdir = tmp_path / 'run'
-  results = finetune.finetune_and_evaluate(config, str(workdir))
+  results = loop.finetune_and_evaluate(config, str(workdir))
   assert results['dev']['dev']['accuracy'] > 0.9, results['history']
   assert results['init_kind'] == 'random' and results['missing_keys'] == []
   assert results['num_steps'] == 6 * (256 // 32)
@@ -94,7 +94,7 @@ def test_classification_learns_separable_task(tmp_path):
 
 
 def _export_dir(tmp_path, config):
-  """An export dir (as electra_jax.checkpoint writes) with an extra, unexpected subtree."""
+  """An export dir (as electra_jax.io.checkpoint writes) with an extra, unexpected subtree."""
   model_cfg = dict(config.model, vocab_size=len(VOCAB))
   cfg = electra.ModelConfig.from_config(model_cfg)
   ids = np.zeros((1, 8), np.int32)
@@ -111,15 +111,15 @@ def _export_dir(tmp_path, config):
 def test_init_from_export_loads_encoder_and_reports_keys(tmp_path):
   config = _config('rte', tmp_path)
   export, params = _export_dir(tmp_path, config)
-  ckpt = pretrained.load(str(export))
+  ckpt = weights.load(str(export))
   assert ckpt.kind == 'export' and ckpt.vocab == export / 'vocab.txt'
-  task = finetune.build_task(config)
-  model = finetune.build_model(electra.ModelConfig.from_config(ckpt.model_config), task, config)
+  task = loop.build_task(config)
+  model = loop.build_model(electra.ModelConfig.from_config(ckpt.model_config), task, config)
   params_shape = nn.meta.unbox(jax.eval_shape(
-      lambda r: finetune._init_params(model, 32, r), jax.random.key(0)))
-  tx, _ = finetune.make_optimizer(config, params_shape, 1, 10)
-  mesh = finetune.sharding.make_mesh(config.mesh)
-  state, _, missing, unexpected = finetune.create_state(model, tx, mesh, 32, jax.random.key(0),
+      lambda r: loop._init_params(model, 32, r), jax.random.key(0)))
+  tx, _ = loop.make_optimizer(config, params_shape, 1, 10)
+  mesh = loop.sharding.make_mesh(config.mesh)
+  state, _, missing, unexpected = loop.create_state(model, tx, mesh, 32, jax.random.key(0),
                                                         ckpt.params)
   assert missing == ['classifier/dense/bias', 'classifier/dense/kernel']
   assert unexpected == ['discriminator_predictions/dense/kernel']
@@ -131,7 +131,7 @@ def test_init_from_export_loads_encoder_and_reports_keys(tmp_path):
   bad = jax.tree.map(lambda x: x, params)
   bad['embeddings']['word_embeddings'] = np.zeros((3, 16), np.float32)
   with pytest.raises(ValueError, match='word_embeddings'):
-    finetune.merge_params(jax.device_get(state.params), bad)
+    loop.merge_params(jax.device_get(state.params), bad)
 
 
 def _write_stsb(root, n_train=64, n_dev=40):
@@ -154,7 +154,7 @@ def test_regression_stsb_from_export(tmp_path):
   export, _ = _export_dir(tmp_path, config)
   config.init_checkpoint = str(export)
   config.data.vocab = ''  # the export's vocab.txt
-  results = finetune.finetune_and_evaluate(config, str(tmp_path / 'run'))
+  results = loop.finetune_and_evaluate(config, str(tmp_path / 'run'))
   assert results['init_kind'] == 'export'
   assert results['missing_keys'] == ['classifier/dense/bias', 'classifier/dense/kernel']
   assert results['unexpected_keys'] == ['discriminator_predictions/dense/kernel']
@@ -168,19 +168,19 @@ def test_regression_stsb_from_export(tmp_path):
 def test_predict_pads_last_batch_and_keeps_order(tmp_path):
   _write_rte(tmp_path / 'data', n_train=16, n_dev=20, n_test=0, n_long=0)
   config = _config('rte', tmp_path)
-  task = finetune.build_task(config)
-  tok = pretrained.load_tokenizer(config.data.vocab, None, True)
-  feats = finetune.load_features(task, config, tok, 'dev', False)
+  task = loop.build_task(config)
+  tok = weights.load_tokenizer(config.data.vocab, None, True)
+  feats = loop.load_features(task, config, tok, 'dev', False)
   model_cfg = electra.ModelConfig.from_config(dict(config.model, vocab_size=len(VOCAB)))
-  model = finetune.build_model(model_cfg, task, config)
+  model = loop.build_model(model_cfg, task, config)
   params_shape = nn.meta.unbox(jax.eval_shape(
-      lambda r: finetune._init_params(model, 32, r), jax.random.key(0)))
-  tx, schedule = finetune.make_optimizer(config, params_shape, 1, 10)
-  mesh = finetune.sharding.make_mesh(config.mesh)
-  state, shardings, _, _ = finetune.create_state(model, tx, mesh, 32, jax.random.key(0))
-  _, predict_fn = finetune.make_steps(model, tx, schedule, mesh, shardings)
-  a = finetune.predict(predict_fn, state.params, feats, 8, mesh)['logits']
-  b = finetune.predict(predict_fn, state.params, feats, 16, mesh)['logits']
+      lambda r: loop._init_params(model, 32, r), jax.random.key(0)))
+  tx, schedule = loop.make_optimizer(config, params_shape, 1, 10)
+  mesh = loop.sharding.make_mesh(config.mesh)
+  state, shardings, _, _ = loop.create_state(model, tx, mesh, 32, jax.random.key(0))
+  _, predict_fn = loop.make_steps(model, tx, schedule, mesh, shardings)
+  a = loop.predict(predict_fn, state.params, feats, 8, mesh)['logits']
+  b = loop.predict(predict_fn, state.params, feats, 16, mesh)['logits']
   assert a.shape == (20, 2)  # 20 rows from 3 (or 2) padded batches
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   direct = model.apply({'params': jax.device_get(state.params)}, feats.arrays['input_ids'],
@@ -215,7 +215,7 @@ def test_squad_end_to_end(tmp_path):
       'data.eval_splits': 'eval_from_dev'})
   assert finetune_config.get_config('task=squad1').train.max_seq_length == 384
   workdir = tmp_path / 'run'
-  results = finetune.finetune_and_evaluate(config, str(workdir))
+  results = loop.finetune_and_evaluate(config, str(workdir))
   dev = results['dev']['eval_from_dev']
   assert {'exact_match', 'f1'} <= set(dev) or {'exact', 'f1'} <= set(dev), dev
   assert all(0 <= dev[k] <= 100 for k in ('f1',))
@@ -237,7 +237,7 @@ def test_tagging_end_to_end(tmp_path):
     (d / name).write_text('\n\n'.join(sents) + '\n')
   config = _config('chunk', tmp_path, **{'train.epochs': 1.0, 'data.train_split': 'train_full',
                                          'data.eval_splits': 'test'})
-  results = finetune.finetune_and_evaluate(config, str(tmp_path / 'run'))
+  results = loop.finetune_and_evaluate(config, str(tmp_path / 'run'))
   assert 'f1' in results['dev']['test'] and 0 <= results['dev']['test']['f1'] <= 1
   assert results['num_steps'] == 48 // 16
 
@@ -245,7 +245,7 @@ def test_tagging_end_to_end(tmp_path):
 def test_missing_data_dir_is_a_clear_error(tmp_path):
   config = _config('rte', tmp_path, **{'data.data_dir': ''})
   with pytest.raises(ValueError, match='data_dir'):
-    finetune.finetune_and_evaluate(config, str(tmp_path / 'run'))
+    loop.finetune_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_config_recipe():
@@ -290,17 +290,17 @@ def test_init_from_huggingface_dir(tmp_path):
   d = tmp_path / 'hf'
   hf.save_pretrained(d)
   (d / 'vocab.txt').write_text('\n'.join(VOCAB) + '\n')
-  ckpt = pretrained.load(str(d))
+  ckpt = weights.load(str(d))
   assert ckpt.kind == 'huggingface' and ckpt.vocab == d / 'vocab.txt'
   config = _config('rte', tmp_path)
-  task = finetune.build_task(config)
+  task = loop.build_task(config)
   model_cfg = electra.ModelConfig.from_config(ckpt.model_config)
-  model = finetune.build_model(model_cfg, task, config)
+  model = loop.build_model(model_cfg, task, config)
   params_shape = nn.meta.unbox(jax.eval_shape(
-      lambda r: finetune._init_params(model, 32, r), jax.random.key(0)))
-  tx, _ = finetune.make_optimizer(config, params_shape, 1, 10)
-  mesh = finetune.sharding.make_mesh(config.mesh)
-  state, _, missing, unexpected = finetune.create_state(model, tx, mesh, 32, jax.random.key(0),
+      lambda r: loop._init_params(model, 32, r), jax.random.key(0)))
+  tx, _ = loop.make_optimizer(config, params_shape, 1, 10)
+  mesh = loop.sharding.make_mesh(config.mesh)
+  state, _, missing, unexpected = loop.create_state(model, tx, mesh, 32, jax.random.key(0),
                                                         ckpt.params)
   assert missing == ['classifier/dense/bias', 'classifier/dense/kernel'] and unexpected == []
   # Same encoder output as the HF model's body.

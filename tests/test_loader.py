@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from electra_jax.data import pretraining
+from electra_jax.data import corpus
 from electra_jax.data.loader import PretrainingLoader, make_pretraining_data
 from electra_jax.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
@@ -24,7 +24,7 @@ def data(tmp_path_factory):
   docs = ['\n'.join(' '.join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
                     for _ in range(rng.randint(2, 15))) for _ in range(150)]
   (d / 'c.txt').write_text('\n\n'.join(docs) + '\n')
-  pretraining.build_pretraining_data(str(d / 'c.txt'), tok, d / 'out', max_seq_length=SEQ,
+  corpus.build_pretraining_data(str(d / 'c.txt'), tok, d / 'out', max_seq_length=SEQ,
                                      num_shards=3, num_workers=1, seed=0, progress=False)
   return d / 'out', tok
 
@@ -138,8 +138,8 @@ def test_refuses_mismatched_data(data):
 
 
 def test_make_pretraining_data_builds_once(data, tmp_path):
-  corpus = data[0].parent / 'c.txt'
-  cfg = ml_collections.ConfigDict(dict(source=str(corpus), vocab=str(data[0].parent / 'vocab.txt'),
+  src = data[0].parent / 'c.txt'
+  cfg = ml_collections.ConfigDict(dict(source=str(src), vocab=str(data[0].parent / 'vocab.txt'),
                                        lowercase=True, eval_fraction=0.2, num_shards=2, num_workers=1,
                                        tfds_data_dir=''))
   pd = make_pretraining_data(cfg, seq_len=SEQ, global_batch_size=8, eval_batch_size=6, seed=0,
@@ -155,7 +155,7 @@ def test_make_pretraining_data_builds_once(data, tmp_path):
   np.testing.assert_array_equal(next(again.train)['input_ids'], next(pd.train)['input_ids'])
   other = make_pretraining_data(cfg, SEQ, 8, 6, 1, tmp_path)  # another seed, another cache entry
   assert other.data_dir != pd.data_dir
-  bad = ml_collections.ConfigDict(dict(source=str(corpus)))
+  bad = ml_collections.ConfigDict(dict(source=str(src)))
   with pytest.raises(ValueError, match='lacks keys'):
     make_pretraining_data(bad, SEQ, 8, 6, 0, tmp_path)
 
@@ -182,7 +182,7 @@ def test_interrupted_build_leaves_no_cache(data, tmp_path, monkeypatch):
   cfg = ml_collections.ConfigDict(dict(source=str(data[0].parent / 'c.txt'),
                                        vocab=str(data[0].parent / 'vocab.txt'), lowercase=True,
                                        eval_fraction=0.0, num_shards=2, num_workers=1, tfds_data_dir=''))
-  real = pretraining._ShardWriter.write
+  real = corpus._ShardWriter.write
   calls = []
 
   def dying_write(self, *a):
@@ -190,10 +190,10 @@ def test_interrupted_build_leaves_no_cache(data, tmp_path, monkeypatch):
     if len(calls) == 1:
       real(self, *a)  # some shards are already written when the build dies
       raise KeyboardInterrupt
-  monkeypatch.setattr(pretraining._ShardWriter, 'write', dying_write)
+  monkeypatch.setattr(corpus._ShardWriter, 'write', dying_write)
   with pytest.raises(KeyboardInterrupt):
     make_pretraining_data(cfg, SEQ, 8, 8, 0, tmp_path)
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith(('pretrain-', '.tmp'))] == []
-  monkeypatch.setattr(pretraining._ShardWriter, 'write', real)
+  monkeypatch.setattr(corpus._ShardWriter, 'write', real)
   pd = make_pretraining_data(cfg, SEQ, 8, 8, 0, tmp_path)
   assert pd.eval is None and next(pd.train)['input_ids'].shape == (8, SEQ)

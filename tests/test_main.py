@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from electra_jax import checkpoint
-from electra_jax import metrics_log
+from electra_jax.io import checkpoint
+from electra_jax import runlog
 from electra_jax import plot
-from electra_jax import train
+from electra_jax.pretrain import loop
 from electra_jax.models import electra
 from runtime_util import REPO, VOCAB_SIZE, corpus, env, run_main  # noqa: F401  (corpus: fixture)
 
@@ -33,13 +33,13 @@ def test_trains_end_to_end_through_main(corpus, tmp_path):  # noqa: F811
   assert cfg['train']['num_steps'] == 6 and cfg['model']['vocab_size'] == VOCAB_SIZE
   assert cfg['data']['source'] == str(corpus[0])
 
-  train_recs = metrics_log.read_jsonl(wd / 'metrics.jsonl')
+  train_recs = runlog.read_jsonl(wd / 'metrics.jsonl')
   assert [x['step'] for x in train_recs] == [2, 4, 6]
   for rec in train_recs:
     assert set(TRAIN_KEYS) <= set(rec)
     assert np.isfinite(rec['loss']) and rec['seq_per_s'] > 0
   assert train_recs[0]['learning_rate'] > 0
-  eval_recs = metrics_log.read_jsonl(wd / 'eval.jsonl')
+  eval_recs = runlog.read_jsonl(wd / 'eval.jsonl')
   assert [x['step'] for x in eval_recs] == [3, 6]
   for rec in eval_recs:
     assert set(EVAL_KEYS) <= set(rec)
@@ -114,15 +114,15 @@ def _config(corpus_files, **overrides):  # noqa: F811
 def test_missing_workdir_parent_is_a_clear_error(corpus, tmp_path):  # noqa: F811
   missing = tmp_path / 'no' / 'such'
   with pytest.raises(FileNotFoundError, match=f'workdir parent {missing} does not exist'):
-    train.train_and_evaluate(_config(corpus), missing / 'run', cache_dir=corpus[2])
+    loop.train_and_evaluate(_config(corpus), missing / 'run', cache_dir=corpus[2])
 
 
 def test_data_vocab_mismatch_names_both_values(corpus, tmp_path):  # noqa: F811
   with pytest.raises(ValueError, match=r'vocab mismatch: config.model.vocab_size=200 .* has 128'):
-    train.train_and_evaluate(_config(corpus, **{'model.vocab_size': 200}), tmp_path / 'a',
+    loop.train_and_evaluate(_config(corpus, **{'model.vocab_size': 200}), tmp_path / 'a',
                              cache_dir=corpus[2])
   with pytest.raises(ValueError, match=r'vocab mismatch: config.tokens.mask_id=7 .* at id 4'):
-    train.train_and_evaluate(_config(corpus, **{'tokens.mask_id': 7}), tmp_path / 'b',
+    loop.train_and_evaluate(_config(corpus, **{'tokens.mask_id': 7}), tmp_path / 'b',
                              cache_dir=corpus[2])
 
 
@@ -151,7 +151,7 @@ def test_non_finite_loss_stops_or_skips(corpus, tmp_path, policy):  # noqa: F811
     assert steps == [1]  # the non-finite state was never saved
   else:
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    recs = metrics_log.read_jsonl(wd / 'metrics.jsonl')
+    recs = runlog.read_jsonl(wd / 'metrics.jsonl')
     assert [x['finite'] for x in recs] == [1, 0, 0, 0]
     assert recs[-1]['skipped_steps'] == 3
 

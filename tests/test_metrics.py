@@ -1,11 +1,11 @@
-"""electra_jax.metrics against scikit-learn / scipy and hand-computed SQuAD / chunking cases."""
+"""electra_jax.finetune.tasks.metrics against scikit-learn / scipy and hand-computed SQuAD / chunking cases."""
 
 import numpy as np
 import pytest
 import scipy.stats
 import sklearn.metrics
 
-from electra_jax import metrics
+from electra_jax.finetune.tasks import metrics
 
 
 @pytest.mark.parametrize('seed', range(5))

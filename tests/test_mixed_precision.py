@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_config
 from electra_jax import sharding
-from electra_jax import train
+from electra_jax.pretrain import loop
 from electra_jax.models import layers
 
 
@@ -80,11 +80,11 @@ def test_mixed_backward_matmuls_run_in_bf16():
 
 
 def _step_losses(config, steps=3, seed=0):
-  model = train.build_model(config)
-  tx, schedule = train.build_optimizer(config)
+  model = loop.build_model(config)
+  tx, schedule = loop.build_optimizer(config)
   mesh = sharding.make_mesh(config.mesh)
-  state, shardings = train.create_train_state(config, model, tx, mesh, jax.random.key(seed))
-  step = train.make_train_step(config, model, tx, schedule, mesh, shardings)
+  state, shardings = loop.create_train_state(config, model, tx, mesh, jax.random.key(seed))
+  step = loop.make_train_step(config, model, tx, schedule, mesh, shardings)
   rng = np.random.RandomState(0)
   B, L = config.train.batch_size, config.train.seq_len
   out = []
@@ -115,6 +115,6 @@ def test_mixed_train_step_matches_float32_and_is_deterministic():
 
 def test_bad_matmul_dtype_errors():
   with pytest.raises(ValueError, match='model.matmul_dtype=.int8.*expected'):
-    train.build_model(tiny_config(**{'model.matmul_dtype': 'int8'}))
+    loop.build_model(tiny_config(**{'model.matmul_dtype': 'int8'}))
   with pytest.raises(ValueError, match='mixed precision needs model.dtype=float32'):
-    train.build_model(tiny_config(**{'model.matmul_dtype': 'bfloat16', 'model.dtype': 'float16'}))
+    loop.build_model(tiny_config(**{'model.matmul_dtype': 'bfloat16', 'model.dtype': 'float16'}))

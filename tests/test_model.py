@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from electra_jax import counting
-from electra_jax import objectives
-from electra_jax import train
+from electra_jax.pretrain import flops
+from electra_jax.pretrain import objectives
+from electra_jax.pretrain import loop
 from electra_jax.models import electra
 from configs import pretrain
 
@@ -18,7 +18,7 @@ def _setup(sharing, fraction=0.5):
   c.model.vocab_size = 97  # a size no other parameter axis has
   c.model.sharing = sharing
   c.model.generator_fraction = 1.0 if sharing == 'all' else fraction
-  model = train.build_model(c)
+  model = loop.build_model(c)
   cfg = objectives.ObjectiveConfig.from_config(c)
   rng = np.random.RandomState(0)
   B, L = 4, c.train.seq_len
@@ -129,7 +129,7 @@ def test_attention_impls_agree(impl):
   c, model, _, params, batch = _setup('embeddings')
   c.model.attention_impl = impl
   c.model.attention_dropout_rate = 0.0
-  other = train.build_model(c)
+  other = loop.build_model(c)
   args = (batch['input_ids'], batch['input_mask'], batch['segment_ids'], True)
   a = model.apply({'params': params}, *args, method=model.discriminator_logits)
   b = other.apply({'params': params}, *args, method=other.discriminator_logits)
@@ -140,7 +140,7 @@ def test_attention_impls_agree(impl):
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   c, _, _, params, batch = _setup('embeddings')
   c.model.dtype = 'bfloat16'
-  model = train.build_model(c)
+  model = loop.build_model(c)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   out = model.apply({'params': params}, batch['input_ids'], batch['input_mask'],
                     batch['segment_ids'], True, method=model.discriminator_logits)
@@ -163,7 +163,7 @@ def test_param_counts_match_paper():
   expected = {'small': 14e6, 'base': 110e6, 'large': 335e6}
   for size, n in expected.items():
     mc = electra.ModelConfig.from_config(pretrain.get_config(size).model)
-    got = counting.param_counts(mc)['discriminator']
+    got = flops.param_counts(mc)['discriminator']
     assert abs(got - n) / n < 0.05, (size, got)
 
 
@@ -174,9 +174,9 @@ def test_flops_match_xla_cost_analysis():
   c.train.seq_len = 64
   c.model.vocab_size = 512
   mc = electra.ModelConfig.from_config(c.model)
-  ours = counting.train_flops_per_step(mc, c.train.batch_size, c.train.seq_len,
+  ours = flops.train_flops_per_step(mc, c.train.batch_size, c.train.seq_len,
                                        c.objective.max_predictions_per_seq)
-  model = train.build_model(c)
+  model = loop.build_model(c)
   cfg = objectives.ObjectiveConfig.from_config(c)
   B, L = c.train.batch_size, c.train.seq_len
   batch = {'input_ids': jnp.full((B, L), 7, jnp.int32), 'input_mask': jnp.ones((B, L), jnp.int32),

@@ -16,9 +16,9 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from electra_jax import objective_variants as ov
-from electra_jax import objectives
-from electra_jax import train
+from electra_jax.pretrain import variants as ov
+from electra_jax.pretrain import objectives
+from electra_jax.pretrain import loop
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
 V = 8
@@ -233,8 +233,8 @@ def _real(objective, **overrides):
   if c.model.generator_fraction != 1.0:
     c.model.generator_fraction = 0.5
   c.train.batch_size, c.train.seq_len = 2, 8
-  model = train.build_model(c)
-  b = train.dummy_batch(1, 8)
+  model = loop.build_model(c)
+  b = loop.dummy_batch(1, 8)
   variables = model.init({'params': jax.random.key(0)}, b['input_ids'], b['input_mask'],
                          b['segment_ids'], jnp.zeros((1, 2), jnp.int32), True)
   return c, model, flax.linen.meta.unbox(variables['params'])
@@ -256,8 +256,8 @@ def test_two_stage_freezes_and_copies_with_the_real_train_step():
   assert cfg.stage_steps == 2
   obj = objectives.get_objective('two_stage')
   tx = optax.adamw(1e-2, weight_decay=0.1)  # decay too: frozen means not even decayed
-  state = train.TrainState(step=jnp.asarray(0), params=params, opt_state=tx.init(params))
-  step_fn = jax.jit(lambda s, b, r: train.train_step(
+  state = loop.TrainState(step=jnp.asarray(0), params=params, opt_state=tx.init(params))
+  step_fn = jax.jit(lambda s, b, r: loop.train_step(
       s, b, r, model=model, tx=tx, obj_cfg=cfg, objective=obj, schedule=lambda _: jnp.asarray(1e-2),
       skip_nonfinite=False))
   same = lambda a, b: all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(jnp.all(x == y)), a, b)))

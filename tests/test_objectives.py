@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from electra_jax import objectives
+from electra_jax.pretrain import objectives
 
 CLS, SEP, MASK, PAD = 2, 3, 4, 0
 
@@ -161,9 +161,9 @@ def test_mlm_loss_gradient_and_accuracy_match_autodiff_and_argmax():
 
 def test_labels_only_where_sample_differs():
   """Label is 1 exactly where the discriminator input differs from the original."""
-  from electra_jax import train
+  from electra_jax.pretrain import loop
   c = tiny_config()
-  model = train.build_model(c)
+  model = loop.build_model(c)
   cfg = objectives.ObjectiveConfig.from_config(c)
   ids, mask = _batch(np.random.RandomState(4), B=8, L=32, vocab=c.model.vocab_size)
   batch = {'input_ids': ids, 'input_mask': mask, 'segment_ids': jnp.zeros_like(ids)}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from electra_jax.data import pretraining
+from electra_jax.data import corpus
 from electra_jax.data.loader import load_examples, read_metadata
 from electra_jax.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 
@@ -75,7 +75,7 @@ def _segments_match(a, b, sents):
 def _build(src, tok, out, **kw):
   kw.setdefault('num_shards', 3)
   kw.setdefault('num_workers', 1)
-  return pretraining.build_pretraining_data(str(src), tok, out, progress=False, **kw)
+  return corpus.build_pretraining_data(str(src), tok, out, progress=False, **kw)
 
 
 def test_packing_rules(tok, tmp_path):
@@ -105,7 +105,7 @@ def test_packing_rules(tok, tmp_path):
 
 def test_example_builder_split_and_target_lengths():
   """One-token sentences make the official rules exact: A gets 61 or 62 tokens at length 128."""
-  b = pretraining.ExampleBuilder(128, random.Random(0))
+  b = corpus.ExampleBuilder(128, random.Random(0))
   out, targets = [], []
   for i in range(200_000):
     target = b._target_length
@@ -149,7 +149,7 @@ def test_eval_split_by_document_hash(tok, tmp_path):
   _, tr = _examples(tmp_path / 'out')
   assert meta['num_examples'] == len(tr) and ev_meta['num_examples'] == len(ev) > 0
   assert 0.15 < len(ev) / (len(ev) + len(tr)) < 0.45
-  held = [pretraining._is_eval(d, 0.3) for d in docs]
+  held = [corpus._is_eval(d, 0.3) for d in docs]
   streams = [' ' + ' '.join(str(tok.vocab[w]) for s in d for w in s.split()) + ' ' for d in docs]
   for split, exs in (('eval', ev), ('train', tr)):
     for ids, _ in exs[:50]:
@@ -190,13 +190,13 @@ def test_cli_errors_are_one_line(tok, tmp_path):
   vocab = tmp_path / 'v.txt'
   vocab.write_text('\n'.join(tok.tokens) + '\n')
   root = Path(__file__).parents[1]
-  r = subprocess.run([sys.executable, '-m', 'electra_jax.data.pretraining', '--input', str(tmp_path / 'missing.txt'),
+  r = subprocess.run([sys.executable, '-m', 'electra_jax.data.corpus', '--input', str(tmp_path / 'missing.txt'),
                       '--vocab', str(vocab), '--output', str(tmp_path / 'o'), '--num_workers', '1'],
                      capture_output=True, text=True, cwd=root)
   assert r.returncode != 0 and 'Traceback' not in r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith('error:') and 'missing.txt' in r.stderr
   src = _write(tmp_path / 'c.txt', _corpus(20))
-  r = subprocess.run([sys.executable, '-m', 'electra_jax.data.pretraining', '--input', str(src), '--vocab', str(vocab),
+  r = subprocess.run([sys.executable, '-m', 'electra_jax.data.corpus', '--input', str(src), '--vocab', str(vocab),
                       '--output', str(tmp_path / 'o'), '--num_shards', '2', '--num_workers', '1', '--seed', '1'],
                      capture_output=True, text=True, cwd=root)
   assert r.returncode == 0, r.stderr

@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from electra_jax import metrics_log
+from electra_jax import runlog
 from runtime_util import corpus  # noqa: F401  (fixture)
 from runtime_util import run_main, start_main, wait_for_step
 
@@ -25,7 +25,7 @@ COMPARED = ('loss', 'gen_loss', 'disc_loss', 'gen_accuracy', 'disc_accuracy', 'g
 
 
 def _metrics(workdir):
-  return {r['step']: r for r in metrics_log.read_jsonl(workdir / 'metrics.jsonl')}
+  return {r['step']: r for r in runlog.read_jsonl(workdir / 'metrics.jsonl')}
 
 
 def _assert_bit_identical(got: dict, want: dict, steps):

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from electra_jax.data.tasks import chunking, registry
+from electra_jax.finetune.tasks import chunking, registry
 
 DATA = Path(__file__).parents[1].parent / 'shared' / 'data'
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import sklearn.metrics
 
-from electra_jax.data.tasks import base, glue, registry
+from electra_jax.finetune.tasks import base, glue, registry
 
 DATA = Path(__file__).parents[1].parent / 'shared' / 'data'
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from electra_jax import metrics
-from electra_jax.data.tasks import registry, squad
+from electra_jax.finetune.tasks import metrics
+from electra_jax.finetune.tasks import registry, squad
 
 DATA = Path(__file__).parents[1].parent / 'shared' / 'data'
 

@@ -8,15 +8,15 @@ import pytest
 from conftest import tiny_config
 from electra_jax import optim
 from electra_jax import sharding
-from electra_jax import train
+from electra_jax.pretrain import loop
 
 
 def _run(config, steps, devices=None, batches=None, seed=0):
-  model = train.build_model(config)
-  tx, schedule = train.build_optimizer(config)
+  model = loop.build_model(config)
+  tx, schedule = loop.build_optimizer(config)
   mesh = sharding.make_mesh(config.mesh, devices)
-  state, shardings = train.create_train_state(config, model, tx, mesh, jax.random.key(seed))
-  step = train.make_train_step(config, model, tx, schedule, mesh, shardings)
+  state, shardings = loop.create_train_state(config, model, tx, mesh, jax.random.key(seed))
+  step = loop.make_train_step(config, model, tx, schedule, mesh, shardings)
   base_rng = jax.random.key(seed + 1)
   losses = []
   for i in range(steps):
@@ -75,11 +75,11 @@ def test_same_seed_bit_identical_losses():
 
 def test_state_is_donated():
   c = _cfg()
-  model = train.build_model(c)
-  tx, schedule = train.build_optimizer(c)
+  model = loop.build_model(c)
+  tx, schedule = loop.build_optimizer(c)
   mesh = sharding.make_mesh(c.mesh)
-  state, shardings = train.create_train_state(c, model, tx, mesh, jax.random.key(0))
-  step = train.make_train_step(c, model, tx, schedule, mesh, shardings)
+  state, shardings = loop.create_train_state(c, model, tx, mesh, jax.random.key(0))
+  step = loop.make_train_step(c, model, tx, schedule, mesh, shardings)
   leaf = jax.tree.leaves(state.params)[0]
   new_state, _ = step(state, sharding.global_batch(_random_batch(c, 0), mesh), jax.random.key(1))
   assert leaf.is_deleted()
@@ -91,14 +91,14 @@ def test_nonfinite_step_flagged_and_skipped(policy):
   """A NaN loss is flagged; with nan_policy=skip the update is not applied."""
   c = _cfg()
   c.train.nan_policy = policy
-  model = train.build_model(c)
-  tx, schedule = train.build_optimizer(c)
+  model = loop.build_model(c)
+  tx, schedule = loop.build_optimizer(c)
   mesh = sharding.make_mesh(c.mesh)
-  state, shardings = train.create_train_state(c, model, tx, mesh, jax.random.key(0))
+  state, shardings = loop.create_train_state(c, model, tx, mesh, jax.random.key(0))
   poisoned = jax.tree.map(np.array, jax.device_get(state.params))  # writable copies
   poisoned['discriminator_predictions']['dense_prediction']['bias'][:] = np.nan
   state = state.replace(params=jax.device_put(poisoned, shardings.params), step=state.step + 3)
-  step = train.make_train_step(c, model, tx, schedule, mesh, shardings)
+  step = loop.make_train_step(c, model, tx, schedule, mesh, shardings)
   new_state, metrics = step(state, sharding.global_batch(_random_batch(c, 0), mesh),
                             jax.random.key(1))
   assert float(metrics['finite']) == 0.0

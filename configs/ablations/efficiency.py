@@ -2,7 +2,7 @@ r"""Where ELECTRA's gain comes from (paper Table 5), at equal pre-training compu
 
 Objectives: ELECTRA, All-Tokens MLM, Replace MLM, ELECTRA 15%, BERT. Every
 trial spends the same pre-training FLOPs, those of ELECTRA at `steps` steps
-(electra_jax/objective_flops.py), so cheaper objectives train more steps.
+(electra_jax/pretrain/objective_flops.py), so cheaper objectives train more steps.
 Then each pre-trained discriminator (BERT: its MLM encoder) is fine-tuned on
 GLUE RTE, MRPC, STS-B and SST-2 with 3 seeds; the score is the mean over tasks of the
 median over seeds.
@@ -23,7 +23,7 @@ All-Tokens MLM 84.3, Replace MLM 82.4, ELECTRA 15% 82.4, BERT 82.2.
 
 from configs.ablations import common
 from electra_jax import configlib
-from electra_jax import objective_flops
+from electra_jax.pretrain import objective_flops
 
 OBJECTIVES = ('electra', 'all_tokens_mlm', 'replace_mlm', 'electra_15', 'bert_mlm')
 # Fine-tuning spec read by electra_jax.sweep. Sized for a 2-core CPU: the first

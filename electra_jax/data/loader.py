@@ -1,6 +1,6 @@
 """Deterministic, resumable, per-host loader of packed pre-training examples.
 
-`PretrainingLoader` reads the shards written by `pretraining.py` once into packed arrays
+`PretrainingLoader` reads the shards written by `corpus.py` once into packed arrays
 (ids int32 [N, seq_len], segment ids int8 [N, seq_len], lengths int32 [N]) in build order,
 then serves batches by fancy indexing, with no per-example Python work.
 
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from electra_jax.data import pretraining
+from electra_jax.data import corpus
 from electra_jax.data import tokenizer as tok_lib
 
 _STATE_VERSION = 1
@@ -41,10 +41,10 @@ _STATE_VERSION = 1
 def read_metadata(data_dir: str | os.PathLike) -> dict:
   path = Path(data_dir) / 'metadata.json'
   if not path.is_file():
-    raise FileNotFoundError(f'{path} not found; expected a directory built by electra_jax.data.pretraining')
+    raise FileNotFoundError(f'{path} not found; expected a directory built by electra_jax.data.corpus')
   meta = json.loads(path.read_text())
-  if meta.get('format') != pretraining.RECORD_FORMAT:
-    raise ValueError(f'{path}: record format {meta.get("format")!r}, expected {pretraining.RECORD_FORMAT!r}')
+  if meta.get('format') != corpus.RECORD_FORMAT:
+    raise ValueError(f'{path}: record format {meta.get("format")!r}, expected {corpus.RECORD_FORMAT!r}')
   return meta
 
 
@@ -264,7 +264,7 @@ def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eva
     vocab_path = data_config.vocab
   tokenizer = tok_lib.WordPieceTokenizer.from_vocab(vocab_path, lowercase=bool(data_config.lowercase))
   key = {
-      'format': pretraining.RECORD_FORMAT,
+      'format': corpus.RECORD_FORMAT,
       'source': _source_fingerprint(data_config.source, tfds_data_dir, cache_root),
       'vocab_hash': tokenizer.vocab_hash, 'lowercase': tokenizer.lowercase, 'seq_len': seq_len,
       'seed': seed, 'eval_fraction': float(data_config.eval_fraction),
@@ -276,7 +276,7 @@ def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eva
   if not (data_dir / 'metadata.json').is_file():
     tmp = cache_root / f'.tmp-pretrain-{digest}-{uuid.uuid4().hex[:8]}'
     try:
-      pretraining.build_pretraining_data(
+      corpus.build_pretraining_data(
           data_config.source, tokenizer, tmp, max_seq_length=seq_len,
           num_shards=int(data_config.num_shards), num_workers=int(data_config.num_workers),
           seed=seed, eval_fraction=float(data_config.eval_fraction), tfds_data_dir=tfds_data_dir,

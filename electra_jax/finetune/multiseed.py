@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from electra_jax.finetune import loop
+
 log = logging.getLogger(__name__)
 
 
@@ -43,8 +45,7 @@ def summarize_runs(results: list[dict]) -> dict:
 def run_seeds(config, workdir: str, finetune_fn=None) -> dict:
   """Runs config.num_seeds seeds; returns (and writes) the multiseed summary."""
   if finetune_fn is None:
-    from electra_jax import finetune  # pylint: disable=g-import-not-at-top  (finetune imports us)
-    finetune_fn = finetune.finetune_and_evaluate
+    finetune_fn = loop.finetune_and_evaluate
   if config.num_seeds < 1:
     raise ValueError(f'num_seeds={config.num_seeds}; expected >= 1')
   workdir = Path(workdir)

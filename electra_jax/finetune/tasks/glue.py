@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from electra_jax import metrics
-from electra_jax.data.tasks import base
+from electra_jax.finetune.tasks import metrics
+from electra_jax.finetune.tasks import base
 
 # TSV split name -> TFDS split name.
 _TFDS_SPLITS = {'train': 'train', 'dev': 'validation', 'test': 'test',
@@ -46,7 +46,7 @@ class _Columns:
 
 @dataclasses.dataclass
 class GlueTask:
-  """A GLUE task. See electra_jax.data.tasks.registry for the common task interface."""
+  """A GLUE task. See electra_jax.finetune.tasks.registry for the common task interface."""
   name: str
   dir_name: str                 # folder under the GLUE root, and leaderboard file stem
   tfds_name: str                # TFDS config: glue/<tfds_name>

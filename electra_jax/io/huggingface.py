@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from electra_jax.interop import common
+from electra_jax.io import common
 
 # Single-tower tree kind <-> transformers class.
 KIND_TO_CLASS = {'discriminator': 'ElectraForPreTraining', 'generator': 'ElectraForMaskedLM',
@@ -266,7 +266,7 @@ def export_dir(conv: common.Converted, out_dir: str | os.PathLike, architecture:
 def load_hf(directory: str | os.PathLike) -> common.Converted:
   """The encoder body of an HF ELECTRA directory as `ElectraModel` params (kind 'model').
 
-  What fine-tuning starts from (electra_jax.pretrained): any head in the
+  What fine-tuning starts from (electra_jax.io.weights): any head in the
   directory (replaced-token, MLM, or a fine-tuned classifier) is dropped and
   logged; a generator's tower becomes the encoder.
   """

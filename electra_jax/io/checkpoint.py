@@ -169,7 +169,7 @@ class Checkpointer:
         dest = dest_root / f'{step}-{int(time.time())}'
         shutil.move(str(src), str(dest))
         logging.warning('moved corrupt checkpoint %s to %s', src, dest)
-    multihost_utils.sync_global_devices('electra_jax.checkpoint.move_aside')
+    multihost_utils.sync_global_devices('electra_jax.io.checkpoint.move_aside')
     self._manager.close()
     self._manager = self._open()
 
@@ -250,7 +250,7 @@ def load_pretraining_checkpoint(workdir, which: str = 'discriminator',
   first device and cuts out the tower `which` ('discriminator', 'generator', or
   'pretrainer' for the full pre-training param tree). Arrays are numpy.
   """
-  from electra_jax import train  # pylint: disable=g-import-not-at-top  (train imports us)
+  from electra_jax.pretrain import loop  # pylint: disable=g-import-not-at-top  (train imports us)
   import ml_collections  # pylint: disable=g-import-not-at-top
   from electra_jax.models import electra  # pylint: disable=g-import-not-at-top
 
@@ -259,10 +259,10 @@ def load_pretraining_checkpoint(workdir, which: str = 'discriminator',
   if not cfg_file.is_file():
     raise FileNotFoundError(f'{cfg_file} not found; expected a pre-training workdir')
   config = ml_collections.ConfigDict(json.loads(cfg_file.read_text()))
-  model = train.build_model(config)
-  tx, _ = train.build_optimizer(config)
+  model = loop.build_model(config)
+  tx, _ = loop.build_optimizer(config)
   mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:1]).reshape(1, 1), ('data', 'fsdp'))
-  abstract = train.abstract_train_state(config, model, tx, mesh)
+  abstract = loop.abstract_train_state(config, model, tx, mesh)
   ckpt = Checkpointer(workdir, keep=10**9, abstract_state=abstract, async_save=False)
   try:
     steps = ckpt.all_steps()

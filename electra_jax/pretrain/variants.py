@@ -39,8 +39,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from electra_jax import objectives
-from electra_jax.objectives import Objective
+from electra_jax.pretrain import objectives
+from electra_jax.pretrain.objectives import Objective
 
 # Parameter subtrees of the Pretrainer by tower (see models/electra.py).
 GENERATOR_PARTS = ('generator', 'generator_predictions', 'generator_embeddings',

@@ -1,6 +1,6 @@
 """Pre-training FLOPs of one step for every objective (the x axis of the efficiency plots).
 
-    from electra_jax import objective_flops
+    from electra_jax.pretrain import objective_flops
     objective_flops.train_flops_per_step(config)        # float, one optimizer step
     objective_flops.steps_for_budget(config, 1e15)       # steps that spend a FLOP budget
 

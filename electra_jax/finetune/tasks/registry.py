@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from electra_jax.data.tasks import glue
+from electra_jax.finetune.tasks import glue
 
 _ALIASES = {'sst': 'sst2', 'sts': 'stsb', 'squadv1': 'squad1', 'squad11': 'squad1',
             'squadv11': 'squad1', 'squadv2': 'squad2', 'squad20': 'squad2',
@@ -48,10 +48,10 @@ def get_task(name: str, **overrides):
     task = glue.GLUE_TASKS[key]
   # SQuAD and chunking import lazily so GLUE users never pay for them.
   elif key in ('squad1', 'squad2'):
-    from electra_jax.data.tasks import squad
+    from electra_jax.finetune.tasks import squad
     task = squad.SquadTask(version=int(key[-1]))
   elif key == 'chunk':
-    from electra_jax.data.tasks import chunking
+    from electra_jax.finetune.tasks import chunking
     task = chunking.ChunkingTask()
   else:
     raise ValueError(f'unknown task {name!r}, expected one of {task_names()}')

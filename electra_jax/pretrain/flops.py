@@ -1,6 +1,6 @@
 """Parameter counts per tower and the training FLOPs of one step.
 
-    python -m electra_jax.counting --config=configs/pretrain.py:small
+    python -m electra_jax.pretrain.flops --config=configs/pretrain.py:small
 
 FLOPs count the matrix multiplications (2 per multiply-add) of one forward
 pass of both towers, times 3 for forward + backward: the QKV / output / FFN

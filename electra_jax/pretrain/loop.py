@@ -31,12 +31,12 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from electra_jax import checkpoint
-from electra_jax import metrics_log
-from electra_jax import objectives
+from electra_jax.io import checkpoint
+from electra_jax import runlog
+from electra_jax.pretrain import objectives
 from electra_jax import optim
 from electra_jax import plot
-from electra_jax import pretrain_eval
+from electra_jax.pretrain import evaluation
 from electra_jax import sharding
 from electra_jax.models import electra
 from electra_jax.models import layers
@@ -270,7 +270,7 @@ def check_train_config(config, mesh) -> None:
 
 
 def load_data(config, cache_dir=None):
-  """The run's PretrainingData (train/eval loaders, tokenizer); see electra_jax.data.pretraining."""
+  """The run's PretrainingData (train/eval loaders, tokenizer); see electra_jax.data.corpus."""
   from electra_jax.data import loader  # pylint: disable=g-import-not-at-top
   cache_dir = cache_dir or pathlib.Path.home() / '.cache' / 'electra_jax'
   return loader.make_pretraining_data(
@@ -321,10 +321,10 @@ def init_from_pretrained(config, model, tx, mesh, path, tokenizer) -> TrainState
   """Step-0 TrainState from pre-trained generator + discriminator weights.
 
   `path`: an electra_jax export or converted dir, a Hugging Face directory with
-  `discriminator/` and `generator/` (see electra_jax.convert), or an original
+  `discriminator/` and `generator/` (see electra_jax.io.convert), or an original
   TF1 ELECTRA checkpoint. The weights must fit config.model and the data's vocab.
   """
-  from electra_jax import convert  # pylint: disable=g-import-not-at-top  (imports torch lazily)
+  from electra_jax.io import convert  # pylint: disable=g-import-not-at-top  (imports torch lazily)
   p = pathlib.Path(path).expanduser()
   if not p.exists() and not list(p.parent.glob(p.name + '.index')):
     raise FileNotFoundError(f'train.init_from={path}: no such file or directory')
@@ -398,13 +398,13 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   if t.eval_batches and not eval_batches:
     logging.warning('no held-out data (data.eval_fraction=%s); periodic evaluation is off',
                     config.data.eval_fraction)
-  writer = metrics_log.MetricsWriter(workdir)
+  writer = runlog.MetricsWriter(workdir)
   tokens_per_batch = t.batch_size * t.seq_len
   summary = {'step': start, 'train': {}, 'eval': {}, 'preempted': None, 'skipped_steps': 0,
              'workdir': str(workdir)}
 
   def run_eval(step):
-    m = pretrain_eval.evaluate(eval_step, state.params, eval_batches, eval_rng, step, mesh,
+    m = evaluation.evaluate(eval_step, state.params, eval_batches, eval_rng, step, mesh,
                                obj_cfg)
     writer.write(step, m, split='eval')
     summary['eval'] = m

@@ -29,7 +29,7 @@ sentences themselves are flushed at every file end in both); records are unpadde
 instead of padded tf.train.Examples with an input_mask, which the loader derives from lengths.
 
 Command line:
-  python -m electra_jax.data.pretraining --input 'corpus/*.txt' --vocab vocab.txt \
+  python -m electra_jax.data.corpus --input 'corpus/*.txt' --vocab vocab.txt \
       --output DIR --max_seq_length 128 --num_shards 8 --num_workers 2 --seed 0
 """
 

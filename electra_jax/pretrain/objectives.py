@@ -289,8 +289,8 @@ OBJECTIVES: dict[str, Objective] = {
 
 def registry() -> dict[str, Objective]:
   """All objectives: the default above plus the paper's variants."""
-  from electra_jax import objective_variants  # pylint: disable=g-import-not-at-top
-  return {**OBJECTIVES, **objective_variants.VARIANTS}
+  from electra_jax.pretrain import variants  # pylint: disable=g-import-not-at-top
+  return {**OBJECTIVES, **variants.VARIANTS}
 
 
 def get_objective(name: str) -> Objective:

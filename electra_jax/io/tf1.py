@@ -26,7 +26,7 @@ import os
 import re
 from pathlib import Path
 
-from electra_jax.interop import common
+from electra_jax.io import common
 
 _SLOT = re.compile(r'(/adam_[mv]$)|(^global_step$)')
 _TOP = {'embeddings': 'electra/embeddings', 'discriminator_embeddings': 'electra/embeddings',

@@ -1,15 +1,15 @@
 r"""Checkpoint conversion: Hugging Face and original TF1 ELECTRA in, Hugging Face out.
 
 Command line (`IN` / `OUT` are directories; TF1 also takes a checkpoint prefix):
-  python -m electra_jax.convert --from hf --to electra_jax electra-small-discriminator out/
-  python -m electra_jax.convert --from hf --to electra_jax DISC_DIR out/ --generator GEN_DIR
-  python -m electra_jax.convert --from tf1 --to electra_jax electra_small/ out/
-  python -m electra_jax.convert --from tf1 --to hf electra_small/ out_hf/
-  python -m electra_jax.convert --from electra_jax --to hf RUN/export out_hf/
+  python -m electra_jax.io.convert --from hf --to electra_jax electra-small-discriminator out/
+  python -m electra_jax.io.convert --from hf --to electra_jax DISC_DIR out/ --generator GEN_DIR
+  python -m electra_jax.io.convert --from tf1 --to electra_jax electra_small/ out/
+  python -m electra_jax.io.convert --from tf1 --to hf electra_small/ out_hf/
+  python -m electra_jax.io.convert --from electra_jax --to hf RUN/export out_hf/
 
 An HF `IN` holding `discriminator/` and `generator/` subdirectories is read as
 a pair, which is also what exporting a pair writes. The electra_jax format is
-the export dir of electra_jax.checkpoint (discriminator.msgpack = ElectraModel
+the export dir of electra_jax.io.checkpoint (discriminator.msgpack = ElectraModel
 params, generator.msgpack, model_config.json, vocab.txt), plus, from this
 module, pretrainer.msgpack (the whole Pretrainer tree, for continued
 pre-training) and discriminator_predictions.msgpack (the replaced-token head)
@@ -40,10 +40,10 @@ import jax
 import jax.numpy as jnp
 from flax import serialization
 
-from electra_jax.interop import common
-from electra_jax.interop import huggingface as hf
-from electra_jax.interop import tf1
-from electra_jax.interop.common import Converted  # noqa: F401  (public API)
+from electra_jax.io import common
+from electra_jax.io import huggingface as hf
+from electra_jax.io import tf1
+from electra_jax.io.common import Converted  # noqa: F401  (public API)
 from electra_jax.models import electra
 
 # Structural config fields that imported weights fix; a run's config must agree.
@@ -77,7 +77,7 @@ def import_hf(directory: str | os.PathLike, generator: str | os.PathLike | None 
 def import_tf1(path: str | os.PathLike, *, num_heads: int | None = None,
                vocab: str | os.PathLike | None = None, lowercase: bool | None = None,
                strict: bool = True, **overrides) -> common.Converted:
-  """An original TF1 ELECTRA checkpoint -> Converted (see electra_jax.interop.tf1)."""
+  """An original TF1 ELECTRA checkpoint -> Converted (see electra_jax.io.tf1)."""
   return tf1.import_checkpoint(path, num_heads=num_heads, vocab=vocab, lowercase=lowercase,
                                strict=strict, **overrides)
 
@@ -123,8 +123,8 @@ def export_hf(conv: common.Converted, out_dir: str | os.PathLike,
 
 
 def save_electra_jax(conv: common.Converted, out_dir: str | os.PathLike) -> Path:
-  """Writes an electra_jax export dir (the layout of electra_jax.checkpoint.export_params)."""
-  from electra_jax import checkpoint  # pylint: disable=import-outside-toplevel  (orbax)
+  """Writes an electra_jax export dir (the layout of electra_jax.io.checkpoint.export_params)."""
+  from electra_jax.io import checkpoint  # pylint: disable=import-outside-toplevel  (orbax)
   towers = {}
   if conv.kind != 'generator':
     towers['discriminator'] = common.single_tower(conv, 'model').params
@@ -159,7 +159,7 @@ def load_electra_jax(path: str | os.PathLike, kind: str | None = None) -> common
   'generator' or 'pretrainer').
   """
   p = Path(path)
-  from electra_jax import checkpoint  # pylint: disable=import-outside-toplevel  (orbax)
+  from electra_jax.io import checkpoint  # pylint: disable=import-outside-toplevel  (orbax)
   if (p / 'config.json').is_file() and (p / 'checkpoints').is_dir():
     meta, params = checkpoint.load_pretraining_checkpoint(p, 'pretrainer')
     run = json.loads((p / 'config.json').read_text())
@@ -225,9 +225,9 @@ def init_train_state(config, model, tx, mesh, conv: common.Converted):
 
   The params are checked against the run's config, placed in the run's
   sharded layout, and get a fresh optimizer state at step 0. Returns
-  (state, shardings) like electra_jax.train.create_train_state.
+  (state, shardings) like electra_jax.pretrain.loop.create_train_state.
   """
-  from electra_jax import train  # pylint: disable=import-outside-toplevel  (train imports a lot)
+  from electra_jax.pretrain import loop  # pylint: disable=import-outside-toplevel  (train imports a lot)
   if conv.kind != 'pretrainer':
     raise ValueError(f'continued pre-training needs a generator + discriminator pair '
                      f'(kind "pretrainer"); got kind {conv.kind!r}')
@@ -235,10 +235,10 @@ def init_train_state(config, model, tx, mesh, conv: common.Converted):
   cfg = electra.ModelConfig.from_config(config.model)
   common.check_tree(conv.params, common.expected_shapes(cfg, 'pretrainer'),
                     what='imported params vs config.model', model=dict(config.model))
-  shardings = train.state_shardings(config, model, tx, mesh)
+  shardings = loop.state_shardings(config, model, tx, mesh)
   params = jax.device_put(jax.tree.map(jnp.asarray, conv.params), shardings.params)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  state = train.TrainState(step=jax.device_put(jnp.zeros([], jnp.int32), shardings.step),
+  state = loop.TrainState(step=jax.device_put(jnp.zeros([], jnp.int32), shardings.step),
                            params=params, opt_state=opt_state)
   return state, shardings
 
@@ -269,7 +269,7 @@ def _summary(conv: common.Converted) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(prog='python -m electra_jax.convert', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m electra_jax.io.convert', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--from', dest='src', required=True, choices=('hf', 'tf1', 'electra_jax'))
   parser.add_argument('--to', dest='dst', required=True, choices=('hf', 'electra_jax'))
@@ -325,4 +325,4 @@ if __name__ == '__main__':
   try:
     main(sys.argv[1:])
   except (ValueError, FileNotFoundError, ImportError) as e:  # one line, not a traceback
-    sys.exit(f'electra_jax.convert: error: {e}')
+    sys.exit(f'electra_jax.io.convert: error: {e}')

@@ -3,9 +3,9 @@
     python -m electra_jax.finetune --config=configs/finetune.py:task=rte,size=small \
         --config.data.data_dir=/path/to/glue --workdir=runs/ft_rte
 
-`finetune_and_evaluate(config, workdir)` loads the task (electra_jax.data.tasks),
+`finetune_and_evaluate(config, workdir)` loads the task (electra_jax.finetune.tasks),
 the tokenizer and the starting weights (random, a pre-training checkpoint, an
-export or Hugging Face weights; see electra_jax.pretrained), trains with the
+export or Hugging Face weights; see electra_jax.io.weights), trains with the
 same sharded `jax.jit` step as pre-training (in/out shardings over the mesh,
 state donated) and evaluates on every dev split after each epoch. Outputs in
 `workdir`: metrics.jsonl (train loss every `log_every` steps and dev metrics
@@ -13,7 +13,7 @@ per epoch), results.json (final dev metrics, history, missing / unexpected
 keys, truncation counts, wall time), test_predictions/ (GLUE leaderboard
 files) and, for SQuAD, predictions_<split>.json.
 
-With `config.num_seeds > 1` the entry point runs electra_jax.multiseed.
+With `config.num_seeds > 1` the entry point runs electra_jax.finetune.multiseed.
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from electra_jax import hostmem
 from electra_jax import optim
-from electra_jax import pretrained
+from electra_jax.io import weights
 from electra_jax import sharding
-from electra_jax.data.tasks import base as task_base
-from electra_jax.data.tasks import registry
+from electra_jax.finetune.tasks import base as task_base
+from electra_jax.finetune.tasks import registry
 from electra_jax.models import electra
 from electra_jax.models import heads
-from electra_jax.train import TrainState
+from electra_jax.pretrain.loop import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +235,9 @@ def predict(predict_fn, params, features: task_base.Features, batch_size: int, m
   arrays = {k: features.arrays[k] for k in INPUT_KEYS}
   chunks: dict[str, list] = {}
   for batch in task_base.eval_batches(arrays, batch_size):
-    weights = batch.pop('weights')
+    row_weights = batch.pop('weights')
     out = _to_host(predict_fn(params, sharding.global_batch(_host_rows(batch), mesh)))
-    real = weights > 0
+    real = row_weights > 0
     for k, v in out.items():
       chunks.setdefault(k, []).append(np.asarray(v)[real])
   return {k: np.concatenate(v) for k, v in chunks.items()}
@@ -273,8 +272,8 @@ class _JsonlWriter:
       f.write(json.dumps(record, sort_keys=True) + '\n')
 
 
-def load_tokenizer(config, checkpoint: pretrained.Pretrained | None):
-  return pretrained.load_tokenizer(config.data.vocab, checkpoint, config.data.lowercase)
+def load_tokenizer(config, checkpoint: weights.Pretrained | None):
+  return weights.load_tokenizer(config.data.vocab, checkpoint, config.data.lowercase)
 
 
 def finetune_and_evaluate(config, workdir: str) -> dict:
@@ -284,7 +283,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   task = build_task(config)
-  ckpt = pretrained.load(config.init_checkpoint) if config.init_checkpoint else None
+  ckpt = weights.load(config.init_checkpoint) if config.init_checkpoint else None
   tokenizer = load_tokenizer(config, ckpt)
 
   model_dict = dict(config.model)
@@ -439,30 +438,3 @@ def _log_train(jsonl, pending: list, step: int, num_steps: int, epoch: int, t0: 
 
 def _fmt(d: dict) -> str:
   return ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in d.items())
-
-
-def main(argv):
-  del argv
-  from absl import flags
-  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  Path(workdir).mkdir(parents=True, exist_ok=True)
-  handler = logging.FileHandler(Path(workdir) / 'log.txt')
-  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
-  logging.getLogger().addHandler(handler)
-  logging.getLogger().setLevel(logging.INFO)
-  if config.num_seeds > 1:
-    from electra_jax import multiseed
-    multiseed.run_seeds(config, workdir)
-  else:
-    finetune_and_evaluate(config, workdir)
-
-
-if __name__ == '__main__':
-  hostmem.reexec_with_tuned_malloc()  # before any step runs: see electra_jax/hostmem.py
-  from absl import app
-  from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file('config', None, 'configs/finetune.py:task=...', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'output directory')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)

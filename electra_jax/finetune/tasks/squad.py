@@ -20,8 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from electra_jax import metrics
-from electra_jax.data.tasks import base
+from electra_jax.finetune.tasks import metrics
+from electra_jax.finetune.tasks import base
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@
     tok = load_tokenizer(vocab_setting, ckpt, lowercase)
 
 `path` may be
-  an export dir       (model_config.json + discriminator.msgpack; electra_jax.checkpoint)
+  an export dir       (model_config.json + discriminator.msgpack; electra_jax.io.checkpoint)
   a pre-training run  (config.json + checkpoints/; its latest checkpoint, the
                        discriminator cut out with the run's embedding sharing)
   a Hugging Face dir  (config.json with model_type electra + pytorch_model.bin /
-                       model.safetensors; imported with electra_jax.interop)
+                       model.safetensors; imported with electra_jax.io)
 `params` is a nested numpy tree with (at least) the `ElectraModel` subtrees
 `embeddings` and `discriminator`; anything else is reported as unexpected by
 the fine-tuning loop.
@@ -60,7 +60,7 @@ def load(path: str) -> Pretrained:
   if not p.is_dir():
     raise FileNotFoundError(f'init_checkpoint {path} is not a directory')
   kind = detect_kind(p)
-  from electra_jax import checkpoint  # Orbax import only when a checkpoint is used.
+  from electra_jax.io import checkpoint  # Orbax import only when a checkpoint is used.
   if kind == 'export':
     cfg, params = checkpoint.load_exported(p, 'discriminator')
     vocab = p / 'vocab.txt'
@@ -87,10 +87,10 @@ def _run_vocab(workdir: Path, run_cfg: dict) -> Path | None:
 
 def _load_huggingface(path: Path) -> Pretrained:
   try:
-    from electra_jax.interop import huggingface as hf  # pylint: disable=g-import-not-at-top
+    from electra_jax.io import huggingface as hf  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(f'init_checkpoint {path} is a Hugging Face dir, but the importer '
-                      f'electra_jax.interop.huggingface is not available: {e}') from None
+                      f'electra_jax.io.huggingface is not available: {e}') from None
   converted = hf.load_hf(path)  # Logs any head it drops (MLM, RTD, a classifier).
   vocab = path / 'vocab.txt'
   return Pretrained(str(path), 'huggingface', converted.model, converted.params,

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from electra_jax import objectives
+from electra_jax.pretrain import objectives
 from electra_jax import sharding
 
 
