@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from electra_jax import runlog  # noqa: E402
 from electra_jax.data import loader as loader_lib  # noqa: E402
 from electra_jax.data import corpus  # noqa: E402
 from electra_jax.data import tokenizer as tok_lib  # noqa: E402
@@ -75,7 +76,7 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     if args.vocab == 'builtin':
       from electra_jax.data import builtin_corpus
-      vocab = builtin_corpus.builtin_vocab(builtin_corpus.default_cache_dir())
+      vocab = builtin_corpus.builtin_vocab(runlog.cache_dir())
     else:
       vocab = args.vocab
     tok = tok_lib.WordPieceTokenizer.from_vocab(vocab)

@@ -62,7 +62,7 @@ def main():
   p.add_argument('--seq-len', type=int, default=128)
   p.add_argument('--source', default='', help='data.source (default: the config\'s)')
   p.add_argument('--vocab', default='', help='data.vocab (default: the config\'s)')
-  p.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'electra_jax'))
+  p.add_argument('--cache-dir', default=None, help='default: $ELECTRA_JAX_CACHE or ~/.cache/electra_jax')
   p.add_argument('--block', type=int, default=5, help='steps per block')
   p.add_argument('--blocks', type=int, default=4, help='blocks per source')
   a = p.parse_args()

@@ -21,7 +21,7 @@ export dir written by electra_jax.io.checkpoint; or a Hugging Face ELECTRA dir
 (config.json + weights), imported with electra_jax.io.convert. Missing and
 unexpected parameter keys are logged and saved in results.json.
 
-Recipe (ELECTRA_REFERENCE.md "Fine-tuning"): lr 3e-4 / 1e-4 / 5e-5 (small / base /
+Recipe (docs/reference.md, "Fine-tuning"): lr 3e-4 / 1e-4 / 5e-5 (small / base /
 large), layer-wise decay 0.8 / 0.8 / 0.9 (official off-by-one by default;
 `optimizer.fixed_top_layer=True` for the fix), 10% warmup then linear decay,
 batch 32, Adam eps 1e-6, weight decay 0.01, 3 epochs (RTE, STS-B 10; SQuAD 2),
@@ -34,6 +34,12 @@ RTE 66.7. Measured at size=tiny on 2 shared CPU cores (wall): RTE (10 epochs)
 length 384) 46 min. A tiny model from random init scores at chance on all of them.
 """
 
+import sys as _sys
+from pathlib import Path as _Path
+
+# Config files import each other as `configs.*`: from any working directory.
+if str(_Path(__file__).resolve().parents[1]) not in _sys.path:
+  _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
 from configs import pretrain
 from electra_jax import configlib
 import ml_collections

@@ -58,7 +58,7 @@ def parse_arg(arg: str | None, *, lazy_field: str | None = None, **defaults) -> 
   return out
 
 
-# The paper's model sizes (ELECTRA_REFERENCE.md, "Model sizes"), plus `tiny`
+# The paper's model sizes (docs/reference.md, "Model sizes"), plus `tiny`
 # for CPU smoke runs and tests. generator_fraction scales the generator's
 # hidden size (and FFN and heads) relative to the discriminator.
 SIZES = {

@@ -9,11 +9,13 @@ directory name. Reads workdir/metrics.jsonl and workdir/eval.jsonl.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Sequence
 
+from absl import flags
+
+from electra_jax import cli
 from electra_jax import runlog
 
 # (title, split, key): train keys from metrics.jsonl, eval keys from eval.jsonl.
@@ -94,18 +96,18 @@ def plot_workdirs(workdirs: Sequence, out, smooth: int = 1) -> Path:
   return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  p = argparse.ArgumentParser(description='Plot ELECTRA pre-training learning curves.')
-  p.add_argument('workdirs', nargs='+', help='one or more pre-training workdirs')
-  p.add_argument('--out', default='curves.png', help='output PNG path')
-  p.add_argument('--smooth', type=int, default=1, help='moving average over N logged points')
-  args = p.parse_args(argv)
-  try:
-    out = plot_workdirs(args.workdirs, args.out, args.smooth)
-  except FileNotFoundError as e:
-    raise SystemExit(f'error: {e}')
+def define_flags():
+  flags.DEFINE_string('out', 'curves.png', 'Output PNG path.')
+  flags.DEFINE_integer('smooth', 1, 'Moving average over N logged points.')
+
+
+def main(argv):
+  """python -m electra_jax.plot WORKDIR [WORKDIR ...] [--out=curves.png] [--smooth=N]."""
+  if len(argv) < 2:
+    raise cli.UsageError('expected one or more pre-training workdirs after the flags')
+  out = plot_workdirs(argv[1:], flags.FLAGS.out, flags.FLAGS.smooth)
   print(f'wrote {out}')
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, define_flags)

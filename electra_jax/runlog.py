@@ -1,9 +1,13 @@
-"""Metric writers: one JSON object per line (metrics.jsonl, eval.jsonl) and TensorBoard.
+"""Run logs: JSON lines (metrics.jsonl, eval.jsonl), TensorBoard, and the cache directory.
 
     writer = MetricsWriter(workdir)             # process 0 writes; the others are no-ops
     writer.write(step, {'loss': 1.2, ...})                    # -> metrics.jsonl, tb 'train/loss'
     writer.write(step, {'eval_loss': 1.3, ...}, split='eval') # -> eval.jsonl, tb 'eval/loss'
     writer.close()
+    JsonlWriter(path).write({'step': 3, 'epoch': 1, 'train': {...}})   # any record
+    read_jsonl(path)                            # the records, one per step, in step order
+    cache_dir(flag_value)                       # --cache_dir, else $ELECTRA_JAX_CACHE, else
+                                                # ~/.cache/electra_jax
 
 Files are appended to, so a resumed run continues the same logs; `read_jsonl`
 keeps the last record of each step, so the steps a killed run logged after its
@@ -16,10 +20,18 @@ import json
 import math
 from pathlib import Path
 
-import jax
+import os
+
 import numpy as np
 
 FILES = {'train': 'metrics.jsonl', 'eval': 'eval.jsonl'}
+CACHE_ENV = 'ELECTRA_JAX_CACHE'
+
+
+def cache_dir(override=None) -> Path:
+  """Where built data, vocabularies and shards are cached: `override` (the --cache_dir flag),
+  else $ELECTRA_JAX_CACHE, else ~/.cache/electra_jax."""
+  return Path(override or os.environ.get(CACHE_ENV) or Path.home() / '.cache' / 'electra_jax')
 
 
 def _jsonable(v):
@@ -30,10 +42,26 @@ def _jsonable(v):
   return v
 
 
+class JsonlWriter:
+  """Appends one JSON object per line to `path` (flushed at once, so a kill loses no line)."""
+
+  def __init__(self, path):
+    self.path = Path(path)
+    self._f = open(self.path, 'a', encoding='utf-8')  # noqa: SIM115
+
+  def write(self, record: dict) -> None:
+    self._f.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + '\n')
+    self._f.flush()
+
+  def close(self) -> None:
+    self._f.close()
+
+
 class MetricsWriter:
   """Appends scalars to workdir/{metrics,eval}.jsonl and TensorBoard event files."""
 
   def __init__(self, workdir, tensorboard: bool = True):
+    import jax  # pylint: disable=g-import-not-at-top
     self.workdir = Path(workdir)
     self.active = jax.process_index() == 0
     self._files = {}
@@ -41,7 +69,7 @@ class MetricsWriter:
     if not self.active:
       return
     for split, name in FILES.items():
-      self._files[split] = open(self.workdir / name, 'a', encoding='utf-8')  # noqa: SIM115
+      self._files[split] = JsonlWriter(self.workdir / name)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(str(self.workdir / 'tensorboard'))
@@ -49,10 +77,7 @@ class MetricsWriter:
   def write(self, step: int, scalars: dict, split: str = 'train') -> None:
     if not self.active:
       return
-    record = {'step': int(step), **{k: _jsonable(v) for k, v in scalars.items()}}
-    f = self._files[split]
-    f.write(json.dumps(record) + '\n')
-    f.flush()
+    self._files[split].write({'step': int(step), **scalars})
     if self._tb is not None:
       prefix = 'eval_' if split == 'eval' else ''
       for k, v in scalars.items():
@@ -62,8 +87,6 @@ class MetricsWriter:
           self._tb.add_scalar(f'{split}/{name}', v, int(step))
 
   def flush(self) -> None:
-    for f in self._files.values():
-      f.flush()
     if self._tb is not None:
       self._tb.flush()
 

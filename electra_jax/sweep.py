@@ -54,25 +54,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from absl import app
 from absl import flags
 
-REPO = Path(__file__).resolve().parents[1]
+from electra_jax import cli
 
-_CONFIG = flags.DEFINE_string('config', None, 'Sweep file with get_config(arg) and sweep(add).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Root directory; one subdirectory per trial.')
-_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Trials run at the same time.')
-_ONLY = flags.DEFINE_list('only', [], 'Run only these trial names.')
-_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
-_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only collect results and plot.')
-_PRETRAIN_ONLY = flags.DEFINE_bool(
-    'pretrain_only', False, 'Run only the pre-training stage of every trial (then re-run '
-    'without the flag to fine-tune): all objectives get pre-trained before any fine-tuning.')
-_MAIN_CMD = flags.DEFINE_string('main_cmd', f'{shlex.quote(sys.executable)} -m electra_jax.main',
-                                'Pre-training command (tests substitute a fake).')
-_FINETUNE_CMD = flags.DEFINE_string(
-    'finetune_cmd', f'{shlex.quote(sys.executable)} -m electra_jax.finetune',
-    'Fine-tuning command (tests substitute a fake).')
+REPO = Path(__file__).resolve().parents[1]
 
 FINETUNE_DEFAULTS = dict(config='configs/finetune.py', arg='size=tiny', tasks=(), num_seeds=1,
                          overrides={})
@@ -270,13 +256,13 @@ def run_trial(module, config_path: str, trial: Trial, root: Path, *, main_cmd: s
 
 def collect(config, trial: Trial, tdir: Path, ft_scores: dict) -> dict:
   """One flat dict: the trial's settings, pre-training FLOPs and metrics, GLUE scores."""
-  from electra_jax.pretrain import objective_flops  # pylint: disable=g-import-not-at-top
+  from electra_jax.pretrain import flops  # pylint: disable=g-import-not-at-top
   train_rows = [r for r in _read_jsonl(tdir / 'pretrain' / 'metrics.jsonl')]
   eval_rows = _read_jsonl(tdir / 'pretrain' / 'eval.jsonl')
   last = train_rows[-1] if train_rows else {}
   last_eval = eval_rows[-1] if eval_rows else {}
   steps = int(last.get('step', config.train.num_steps))
-  flops_step = objective_flops.train_flops_per_step(config)
+  flops_step = flops.train_flops_per_step(config)
   out: dict[str, Any] = {
       'trial': trial.name, 'objective': config.objective.name, 'size': config.size,
       'generator_fraction': config.model.generator_fraction, 'sharing': config.model.sharing,
@@ -411,11 +397,11 @@ def run_sweep(config_path: str, root: Path, *, parallel: int = 1, only=(), dry_r
                        f'{[t.name for t in trials]}')
     trials = [t for t in trials if t.name in only]
   root.mkdir(parents=True, exist_ok=True)
-  from electra_jax.pretrain import objective_flops  # pylint: disable=g-import-not-at-top
+  from electra_jax.pretrain import flops  # pylint: disable=g-import-not-at-top
   for t in trials:  # fail fast on bad keys before any run
     c = resolved_config(module, t)
     print(f'  {t.name}: {c.objective.name}, {c.train.num_steps} steps, '
-          f'{objective_flops.train_flops_per_step(c) * c.train.num_steps:.3g} pre-training FLOPs',
+          f'{flops.train_flops_per_step(c) * c.train.num_steps:.3g} pre-training FLOPs',
           flush=True)
   if not report_only:
     print(f'{len(trials)} trials, {parallel} at a time, in {root}', flush=True)
@@ -438,20 +424,30 @@ def run_sweep(config_path: str, root: Path, *, parallel: int = 1, only=(), dry_r
   return report(root, trials)
 
 
+def define_flags():
+  flags.DEFINE_string('config', None, 'Sweep file with get_config(arg) and sweep(add).')
+  flags.DEFINE_string('workdir', None, 'Root directory; one subdirectory per trial.')
+  flags.DEFINE_integer('parallel', 1, 'Trials run at the same time.')
+  flags.DEFINE_list('only', [], 'Run only these trial names.')
+  flags.DEFINE_bool('dry_run', False, 'Print the commands, run nothing.')
+  flags.DEFINE_bool('report_only', False, 'Only collect results and plot.')
+  flags.DEFINE_bool('pretrain_only', False, 'Run only the pre-training stage of every trial '
+                    '(then re-run without the flag to fine-tune): all objectives get '
+                    'pre-trained before any fine-tuning.')
+  flags.DEFINE_string('main_cmd', f'{shlex.quote(sys.executable)} -m electra_jax.main',
+                      'Pre-training command (tests substitute a fake).')
+  flags.DEFINE_string('finetune_cmd', f'{shlex.quote(sys.executable)} -m electra_jax.finetune',
+                      'Fine-tuning command (tests substitute a fake).')
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  if not _CONFIG.value or not _WORKDIR.value:
-    raise app.UsageError('--config and --workdir are required')
-  try:
-    run_sweep(_CONFIG.value, Path(_WORKDIR.value).resolve(), parallel=_PARALLEL.value,
-              only=_ONLY.value, dry_run=_DRY_RUN.value, report_only=_REPORT_ONLY.value,
-              pretrain_only=_PRETRAIN_ONLY.value,
-              main_cmd=_MAIN_CMD.value, finetune_cmd=_FINETUNE_CMD.value)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  f = flags.FLAGS
+  cli.no_positional(argv)
+  cli.require(config=f.config, workdir=f.workdir)
+  run_sweep(f.config, Path(f.workdir).resolve(), parallel=f.parallel, only=f.only,
+            dry_run=f.dry_run, report_only=f.report_only, pretrain_only=f.pretrain_only,
+            main_cmd=f.main_cmd, finetune_cmd=f.finetune_cmd)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, define_flags)

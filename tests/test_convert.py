@@ -6,6 +6,8 @@ parameter perturbed, so a misplaced bias or LayerNorm cannot hide), offline.
 
 import json
 import shutil
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -14,6 +16,7 @@ import pytest
 
 from electra_jax.io import convert
 from electra_jax.io import common
+from electra_jax.io import weights
 from electra_jax.models import electra
 
 torch = pytest.importorskip('torch')
@@ -129,7 +132,7 @@ def test_hf_import_matches_transformers(name, tmp_path):
   spec = CONFIGS[name]
   disc, gen = make_hf_pair(spec, tmp_path)
   ids, mask, seg = inputs(spec)
-  pair = convert.import_hf(tmp_path / 'disc', tmp_path / 'gen')
+  pair = weights.import_hf(tmp_path / 'disc', tmp_path / 'gen')
   assert pair.kind == 'pretrainer' and pair.model['sharing'] == 'embeddings'
   assert pair.model['generator_fraction'] == pytest.approx(spec['frac'])
   gen_logits, disc_logits = both_logits(pair, ids, mask, seg)
@@ -137,8 +140,8 @@ def test_hf_import_matches_transformers(name, tmp_path):
   assert_close(disc_logits, torch_logits(disc, ids, mask, seg), mask)
 
   # Each directory alone is the matching cut of the pair.
-  d = convert.import_hf(tmp_path / 'disc')
-  g = convert.import_hf(tmp_path / 'gen')
+  d = weights.import_hf(tmp_path / 'disc')
+  g = weights.import_hf(tmp_path / 'gen')
   assert d.kind == 'discriminator' and g.kind == 'generator'
   for single in (d, g):
     cut = common.single_tower(pair, single.kind)
@@ -150,11 +153,11 @@ def test_single_tower_imports_run(tmp_path):
   spec = CONFIGS['deep_4heads']
   disc, gen = make_hf_pair(spec, tmp_path)
   ids, mask, seg = inputs(spec)
-  g = convert.import_hf(tmp_path / 'gen')
+  g = weights.import_hf(tmp_path / 'gen')
   assert_close(ours(g, 'generator_logits', ids, mask, seg), torch_logits(gen, ids, mask, seg),
                mask)
   # Fine-tuning starts from the body: ElectraModel on imported params = HF's encoder.
-  d = convert.import_hf(tmp_path / 'disc')
+  d = weights.import_hf(tmp_path / 'disc')
   body = body_hidden(d.model_config, convert.electra_model_params(d), ids, mask, seg)
   assert_close(body, torch_logits(disc.electra, ids, mask, seg), mask)
 
@@ -162,7 +165,7 @@ def test_single_tower_imports_run(tmp_path):
 def test_hf_pair_sharing_follows_weights(tmp_path):
   spec = CONFIGS['proj_1layer']
   make_hf_pair(spec, tmp_path, tie=False)
-  pair = convert.import_hf(tmp_path / 'disc', tmp_path / 'gen')
+  pair = weights.import_hf(tmp_path / 'disc', tmp_path / 'gen')
   assert pair.model['sharing'] == 'none'
   assert {'generator_embeddings', 'discriminator_embeddings'} <= set(pair.params)
 
@@ -174,7 +177,7 @@ def test_hf_pair_sharing_follows_weights(tmp_path):
   gen.electra.load_state_dict(disc.electra.state_dict())
   disc.save_pretrained(tmp_path / 'd2')
   gen.save_pretrained(tmp_path / 'g2')
-  pair = convert.import_hf(tmp_path / 'd2', tmp_path / 'g2')
+  pair = weights.import_hf(tmp_path / 'd2', tmp_path / 'g2')
   assert pair.model['sharing'] == 'all' and 'generator' not in pair.params
   ids, mask, seg = inputs(spec)
   assert_close(ours(pair, 'generator_logits', ids, mask, seg), torch_logits(gen, ids, mask, seg),
@@ -193,7 +196,7 @@ def test_generator_off_the_derivation_rule(tmp_path):
   gen = randomize(transformers.ElectraForMaskedLM(gcfg), 7)
   disc.save_pretrained(tmp_path / 'disc')
   gen.save_pretrained(tmp_path / 'gen')
-  pair = convert.import_hf(tmp_path / 'disc', tmp_path / 'gen')
+  pair = weights.import_hf(tmp_path / 'disc', tmp_path / 'gen')
   gen_cfg = pair.model_config.generator
   assert (gen_cfg.hidden_size, gen_cfg.num_heads, gen_cfg.intermediate_size) == (16, 2, 48)
   ids, mask, seg = inputs(spec)
@@ -201,7 +204,7 @@ def test_generator_off_the_derivation_rule(tmp_path):
   assert_close(gen_logits, torch_logits(gen, ids, mask, seg), mask)
   assert_close(disc_logits, torch_logits(disc, ids, mask, seg), mask)
   convert.export_hf(pair, tmp_path / 'out')
-  back = convert.import_hf(tmp_path / 'out')
+  back = weights.import_hf(tmp_path / 'out')
   assert back.model == pair.model and common.same_arrays(back.params, pair.params)
 
 
@@ -215,8 +218,8 @@ def test_hf_pytorch_bin_with_tied_head_and_buffers(tmp_path):
   (tmp_path / 'bin').mkdir()
   torch.save(sd, tmp_path / 'bin' / 'pytorch_model.bin')
   (tmp_path / 'bin' / 'config.json').write_text((tmp_path / 'gen' / 'config.json').read_text())
-  a = convert.import_hf(tmp_path / 'bin')
-  b = convert.import_hf(tmp_path / 'gen')
+  a = weights.import_hf(tmp_path / 'bin')
+  b = weights.import_hf(tmp_path / 'gen')
   assert common.same_arrays(a.params, b.params)
 
 
@@ -243,11 +246,11 @@ def test_mismatches_name_parameter_and_shapes(tmp_path):
 
   _edit_config(tmp_path / 'disc' / 'config.json', vocab_size=70)
   with pytest.raises(ValueError, match=rf'{word} has shape \(61, 16\).*\(70, 16\).*vocab_size=70'):
-    convert.import_hf(tmp_path / 'disc')
+    weights.import_hf(tmp_path / 'disc')
   _edit_config(tmp_path / 'disc' / 'config.json', vocab_size=61, embedding_size=20)
   with pytest.raises(ValueError,
                      match=rf'{word} has shape \(61, 16\).*\(61, 20\).*embedding_size=20'):
-    convert.import_hf(tmp_path / 'disc')
+    weights.import_hf(tmp_path / 'disc')
   _edit_config(tmp_path / 'disc' / 'config.json', embedding_size=16)
 
   shutil.copytree(tmp_path / 'disc', tmp_path / 'holey')
@@ -255,13 +258,13 @@ def test_mismatches_name_parameter_and_shapes(tmp_path):
   _edit_safetensors(st, lambda sd: sd.pop('electra.encoder.layer.0.output.dense.bias'))
   with pytest.raises(ValueError, match=r'missing.*electra\.encoder\.layer\.0\.output\.dense\.bias '
                                        r'\(shape \(32,\)\)'):
-    convert.import_hf(tmp_path / 'holey')
+    weights.import_hf(tmp_path / 'holey')
 
   st = tmp_path / 'gen' / 'model.safetensors'
   _edit_safetensors(st, lambda sd: sd.update(extra=np.zeros((2, 3), np.float32)))
   with pytest.raises(ValueError, match=r'unexpected.*extra \(shape \(2, 3\)\)'):
-    convert.import_hf(tmp_path / 'gen')
-  assert convert.import_hf(tmp_path / 'gen', strict=False).kind == 'generator'
+    weights.import_hf(tmp_path / 'gen')
+  assert weights.import_hf(tmp_path / 'gen', strict=False).kind == 'generator'
 
   # The pair must agree, and the generator must fit ModelConfig's derivation.
   _edit_config(tmp_path / 'gen' / 'config.json', vocab_size=62)
@@ -269,7 +272,7 @@ def test_mismatches_name_parameter_and_shapes(tmp_path):
       {k: np.zeros((62,) + sd[k].shape[1:], np.float32)
        for k in ('electra.embeddings.word_embeddings.weight', 'generator_lm_head.bias')}))
   with pytest.raises(ValueError, match='generator vocab_size=62 but discriminator vocab_size=61'):
-    convert.import_hf(tmp_path / 'disc', tmp_path / 'gen', strict=False)
+    weights.import_hf(tmp_path / 'disc', tmp_path / 'gen', strict=False)
   fit = lambda **gen: common.fit_generator(  # noqa: E731
       hidden=32, num_heads=2, intermediate=64, num_layers=1, **gen,
       base=common.model_dict(vocab_size=61, embedding_size=16, hidden_size=32, num_layers=1,
@@ -337,14 +340,14 @@ def test_round_trip_is_exact(sharing, tmp_path):
   spec = CONFIGS['noproj_full'] if sharing == 'all' else CONFIGS['deep_4heads']
   conv = random_pretrainer(spec, sharing, seed=2)
   convert.export_hf(conv, tmp_path / 'hf')
-  back = convert.import_hf(tmp_path / 'hf')  # holds discriminator/ and generator/
+  back = weights.import_hf(tmp_path / 'hf')  # holds discriminator/ and generator/
   assert back.kind == 'pretrainer' and back.model == conv.model
   assert common.same_arrays(back.params, conv.params)
   # Through the electra_jax export format as well.
   convert.save_electra_jax(back, tmp_path / 'ej')
-  again = convert.load_electra_jax(tmp_path / 'ej')
+  again = weights.load_electra_jax(tmp_path / 'ej')
   assert again.model == conv.model and common.same_arrays(again.params, conv.params)
-  assert common.same_arrays(convert.load_electra_jax(tmp_path / 'ej', 'model').params,
+  assert common.same_arrays(weights.load_electra_jax(tmp_path / 'ej', 'model').params,
                             electra.discriminator_params(conv.params, sharing))
 
 
@@ -356,23 +359,23 @@ def test_cli_round_trip_with_tokenizer(tmp_path):
   vocab = specials + words + [f'w{i}' for i in range(spec['vocab'] - 13)]
   (tmp_path / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
   convert.save_electra_jax(conv, tmp_path / 'ej')
-  convert.main(['--from', 'electra_jax', '--to', 'hf', str(tmp_path / 'ej'),
-                str(tmp_path / 'hf'), '--vocab', str(tmp_path / 'vocab.txt')])
+  convert.convert('electra_jax', 'hf', tmp_path / 'ej', tmp_path / 'hf',
+                  vocab=str(tmp_path / 'vocab.txt'))
   for tower in ('discriminator', 'generator'):
     files = {p.name for p in (tmp_path / 'hf' / tower).iterdir()}
     assert {'config.json', 'model.safetensors', 'vocab.txt', 'tokenizer_config.json',
             'special_tokens_map.json'} <= files
   tok = transformers.AutoTokenizer.from_pretrained(tmp_path / 'hf' / 'discriminator')
   assert tok('The cats sat')['input_ids'] == [2, 5, 6, 10, 7, 3]
-  summary = convert.main(['--from', 'hf', '--to', 'electra_jax', str(tmp_path / 'hf'),
-                          str(tmp_path / 'ej2')])
+  summary = convert.convert('hf', 'electra_jax', tmp_path / 'hf', tmp_path / 'ej2')
   assert summary['kind'] == 'pretrainer' and summary['sharing'] == 'embeddings'
-  back = convert.load_electra_jax(tmp_path / 'ej2')
+  back = weights.load_electra_jax(tmp_path / 'ej2')
   assert common.same_arrays(back.params, conv.params)
   assert back.vocab == vocab and back.tokens == dict(pad_id=0, unk_id=1, cls_id=2, sep_id=3,
                                                      mask_id=4)
-  with pytest.raises(SystemExit):
-    convert.main(['--from', 'hf', '--to', 'hf', 'a', 'b'])
+  r = subprocess.run([sys.executable, '-m', 'electra_jax.io.convert', '--from=hf', '--to=hf',
+                      'a', 'b'], capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0
 
 
 # ----------------------------------------------------------------------------- TF1
@@ -424,26 +427,25 @@ def test_tf1_checkpoint_matches_hf_import(name, tie, tmp_path):
       named[tf_name] = v.numpy().T.copy() if transposed else v.numpy()
   (tmp_path / 'tf1').mkdir()
   write_tf1(tmp_path / 'tf1', named)
-  got = convert.import_tf1(tmp_path / 'tf1', num_heads=spec['heads'])
-  want = convert.import_hf(tmp_path / 'disc', tmp_path / 'gen')
+  got = weights.import_tf1(tmp_path / 'tf1', num_heads=spec['heads'])
+  want = weights.import_hf(tmp_path / 'disc', tmp_path / 'gen')
   assert got.kind == 'pretrainer' and got.model == want.model
   assert got.model['sharing'] == ('embeddings' if tie else 'none')
   assert common.same_arrays(got.params, want.params)
-  convert.main(['--from', 'tf1', '--to', 'hf', str(tmp_path / 'tf1'), str(tmp_path / 'hf'),
-                '--num-heads', str(spec['heads'])])
-  assert common.same_arrays(convert.import_hf(tmp_path / 'hf').params, want.params)
+  convert.convert('tf1', 'hf', tmp_path / 'tf1', tmp_path / 'hf', num_heads=spec['heads'])
+  assert common.same_arrays(weights.import_hf(tmp_path / 'hf').params, want.params)
 
   # Discriminator-only checkpoint (what fine-tuning releases look like).
   (tmp_path / 'tf1d').mkdir()
   write_tf1(tmp_path / 'tf1d', {k: v for k, v in named.items()
                                 if k.startswith(('electra/', 'discriminator_predictions/'))})
-  d = convert.import_tf1(tmp_path / 'tf1d' / 'model.ckpt-1000', num_heads=spec['heads'])
+  d = weights.import_tf1(tmp_path / 'tf1d' / 'model.ckpt-1000', num_heads=spec['heads'])
   assert d.kind == 'discriminator'
-  assert common.same_arrays(d.params, convert.import_hf(tmp_path / 'disc').params)
+  assert common.same_arrays(d.params, weights.import_hf(tmp_path / 'disc').params)
   v = spec['vocab']
   with pytest.raises(ValueError, match=rf'electra/embeddings/word_embeddings has shape \({v}, '
                                        rf'{spec["emb"]}\).*\({v}, 8\).*embedding_size=8'):
-    convert.import_tf1(tmp_path / 'tf1d', num_heads=spec['heads'], embedding_size=8)
+    weights.import_tf1(tmp_path / 'tf1d', num_heads=spec['heads'], embedding_size=8)
 
 
 # ----------------------------------------------------------------------------- training
@@ -453,7 +455,7 @@ def pretrain_config_for(conv):
   """The tiny test config with config.model sized like the imported pair."""
   from conftest import tiny_config
   config = tiny_config()
-  config.model.update({k: conv.model[k] for k in convert.STRUCTURE})
+  config.model.update({k: conv.model[k] for k in weights.STRUCTURE})
   config.model.layer_norm_eps = conv.model['layer_norm_eps']
   config.tokens.update(pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4)
   config.train.seq_len = MAX_POS
@@ -466,12 +468,12 @@ def test_continued_pretraining_from_import(tmp_path):
   from electra_jax.pretrain import loop
   spec = CONFIGS['proj_1layer']
   make_hf_pair(spec, tmp_path)
-  pair = convert.import_hf(tmp_path / 'disc', tmp_path / 'gen')
+  pair = weights.import_hf(tmp_path / 'disc', tmp_path / 'gen')
   config = pretrain_config_for(pair)
   mesh = sharding.make_mesh(config.mesh)
   model = loop.build_model(config)
   tx, schedule = loop.build_optimizer(config)
-  state, shardings = convert.init_train_state(config, model, tx, mesh, pair)
+  state, shardings = loop.init_train_state(config, model, tx, mesh, pair)
   assert common.same_arrays(common.to_numpy(state.params), pair.params)
   step = loop.make_train_step(config, model, tx, schedule, mesh, shardings)
   rs = np.random.RandomState(0)
@@ -485,12 +487,12 @@ def test_continued_pretraining_from_import(tmp_path):
   trained = convert.wrap(state.params, config.model)
   assert trained.kind == 'pretrainer' and not common.same_arrays(trained.params, pair.params)
   convert.export_hf(trained, tmp_path / 'out')  # and back out to Hugging Face
-  assert common.same_arrays(convert.import_hf(tmp_path / 'out').params, trained.params)
+  assert common.same_arrays(weights.import_hf(tmp_path / 'out').params, trained.params)
 
   bad = dict(config.model)
   bad['vocab_size'] = 99
   with pytest.raises(ValueError, match="vocab_size: checkpoint 61, config 99"):
-    convert.check_compatible(pair, bad)
+    weights.check_compatible(pair, bad)
 
 
 @pytest.mark.slow
@@ -504,7 +506,7 @@ def test_pretraining_workdir_exports_to_hf(tmp_path):
   mesh = sharding.make_mesh(config.mesh)
   model = loop.build_model(config)
   tx, _ = loop.build_optimizer(config)
-  state, _ = convert.init_train_state(config, model, tx, mesh, conv)
+  state, _ = loop.init_train_state(config, model, tx, mesh, conv)
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / 'config.json').write_text(config.to_json())
@@ -512,8 +514,8 @@ def test_pretraining_workdir_exports_to_hf(tmp_path):
                                  abstract_state=loop.abstract_train_state(config, model, tx, mesh))
   ckpt.save(0, state, {}, jax.random.key(0))
   ckpt.close()
-  convert.main(['--from', 'electra_jax', '--to', 'hf', str(workdir), str(tmp_path / 'out')])
-  back = convert.import_hf(tmp_path / 'out')
+  convert.convert('electra_jax', 'hf', workdir, tmp_path / 'out')
+  back = weights.import_hf(tmp_path / 'out')
   assert back.model == conv.model and common.same_arrays(back.params, conv.params)
 
 
@@ -525,10 +527,10 @@ def test_finetuning_starts_from_hf_weights(tmp_path):
   ckpt = pretrained.load(str(tmp_path / 'disc'))
   assert set(ckpt.params) == {'embeddings', 'discriminator'}  # the head is dropped
   assert common.same_arrays(ckpt.params, convert.electra_model_params(
-      convert.import_hf(tmp_path / 'disc')))
+      weights.import_hf(tmp_path / 'disc')))
   cfg = electra.ModelConfig.from_config(ckpt.model_config)
   assert cfg.discriminator == electra.ModelConfig.from_config(
-      convert.import_hf(tmp_path / 'disc').model).discriminator
+      weights.import_hf(tmp_path / 'disc').model).discriminator
 
   # The fine-tuning state: body from the checkpoint, only the task head initialised.
   finetune = pytest.importorskip('electra_jax.finetune.loop')

@@ -108,8 +108,6 @@ def _describe(comps, graph) -> str:
   return '\n'.join(lines)
 
 
-# Five cycles on main before issue 16's redesign; the marker goes when they do.
-@pytest.mark.xfail(strict=True, reason='import cycles not yet removed (issue 16)')
 @pytest.mark.parametrize('root,package', [('electra_jax', 'electra_jax'), ('benchmarks', None)])
 def test_no_import_cycles(root, package):
   graph = import_graph(REPO / root, package)

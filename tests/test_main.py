@@ -13,6 +13,7 @@ from electra_jax.io import checkpoint
 from electra_jax import runlog
 from electra_jax import plot
 from electra_jax.pretrain import loop
+from electra_jax.io import weights
 from electra_jax.models import electra
 from runtime_util import REPO, VOCAB_SIZE, corpus, env, run_main  # noqa: F401  (corpus: fixture)
 
@@ -68,7 +69,7 @@ def test_trains_end_to_end_through_main(corpus, tmp_path):  # noqa: F811
   hidden = jax.eval_shape(lambda p: electra.ElectraModel(mcfg).apply({'params': p}, z, z + 1, z),
                           params)
   assert hidden.shape == (1, 8, mcfg.hidden_size)
-  ck_cfg, ck_params = checkpoint.load_pretraining_checkpoint(wd)
+  ck_cfg, ck_params = weights.load_pretraining_checkpoint(wd)
   assert ck_cfg['step'] == 6
   for a, b in zip(jax.tree.leaves(ck_params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
@@ -79,7 +80,7 @@ def test_trains_end_to_end_through_main(corpus, tmp_path):  # noqa: F811
 
   # Learning curves of several workdirs side by side.
   out = tmp_path / 'both.png'
-  plot.main([str(wd), str(wd), '--out', str(out)])
+  plot.plot_workdirs([wd, wd], out)
   assert out.stat().st_size > 0
 
 

@@ -173,9 +173,7 @@ def test_flops_match_xla_cost_analysis():
   c.model.num_layers = 1
   c.train.seq_len = 64
   c.model.vocab_size = 512
-  mc = electra.ModelConfig.from_config(c.model)
-  ours = flops.train_flops_per_step(mc, c.train.batch_size, c.train.seq_len,
-                                       c.objective.max_predictions_per_seq)
+  ours = flops.train_flops_per_step(c)
   model = loop.build_model(c)
   cfg = objectives.ObjectiveConfig.from_config(c)
   B, L = c.train.batch_size, c.train.seq_len

@@ -18,6 +18,7 @@ import pytest
 from conftest import tiny_config
 from electra_jax.pretrain import variants as ov
 from electra_jax.pretrain import objectives
+from electra_jax.pretrain import registry
 from electra_jax.pretrain import loop
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
@@ -91,7 +92,7 @@ def softplus(x):
 
 
 def _loss(name, params=None, cfg=None, model=None, step=0):
-  obj = objectives.get_objective(name)
+  obj = registry.get_objective(name)
   loss, (metrics, aux) = obj.loss(params or _params(), BATCH, jax.random.key(0),
                                   model=model or FakeModel(), cfg=cfg or _cfg(), step=step,
                                   deterministic=True)
@@ -105,7 +106,7 @@ def _mlm(logits, targets):
 def test_every_variant_gives_what_the_evaluator_reads():
   """pretrain_eval.evaluate reads these metrics and aux keys from any objective."""
   cfg = dataclasses.replace(_cfg(disc_weight=1.0), stage_steps=3)
-  for name in sorted(objectives.registry()):
+  for name in sorted(registry.OBJECTIVES):
     model = FakeModel(sharing='all' if name == 'bert_mlm' else 'embeddings')
     _, m, aux = _loss(name, cfg=cfg, model=model)
     assert {'loss', 'gen_loss', 'gen_accuracy', 'disc_loss'} <= set(m), name
@@ -116,7 +117,7 @@ def test_every_variant_gives_what_the_evaluator_reads():
 def test_all_variants_registered():
   assert {'electra', 'bert_mlm', 'electra_15', 'replace_mlm', 'all_tokens_mlm',
           'uniform_generator', 'unigram_generator', 'two_stage',
-          'adversarial'} <= set(objectives.registry())
+          'adversarial'} <= set(registry.OBJECTIVES)
 
 
 def test_bert_mlm_loss_by_hand():
@@ -195,7 +196,7 @@ def test_fixed_generators_freeze_the_generator():
   params = {'generator': {'w': jnp.ones(3)}, 'generator_predictions': {'b': jnp.ones(2)},
             'discriminator': {'w': jnp.ones(3)}, 'embeddings': {'t': jnp.ones(2)}}
   for name in ('uniform_generator', 'unigram_generator'):
-    mask = objectives.get_objective(name).update_mask(params, 0, _cfg())
+    mask = registry.get_objective(name).update_mask(params, 0, _cfg())
     assert float(mask['generator']['w']) == 0 and float(mask['generator_predictions']['b']) == 0
     assert float(mask['discriminator']['w']) == 1 and float(mask['embeddings']['t']) == 1
 
@@ -254,7 +255,7 @@ def test_two_stage_freezes_and_copies_with_the_real_train_step():
   c.objective.stage_steps = 2
   cfg = objectives.ObjectiveConfig.from_config(c)
   assert cfg.stage_steps == 2
-  obj = objectives.get_objective('two_stage')
+  obj = registry.get_objective('two_stage')
   tx = optax.adamw(1e-2, weight_decay=0.1)  # decay too: frozen means not even decayed
   state = loop.TrainState(step=jnp.asarray(0), params=params, opt_state=tx.init(params))
   step_fn = jax.jit(lambda s, b, r: loop.train_step(
@@ -308,7 +309,7 @@ def test_adversarial_generator_gradient_is_reinforce_in_expectation():
   cfg = _cfg(mask_prob=0.15, max_pred=1, gen_weight=2.0)
   params = {'g': jnp.array([0.0, -1.0, 0.5, 0.3, 1.0, -0.5, 0.8, 0.2]),
             'd': jnp.linspace(-1.2, 1.0, V), 'm': jnp.zeros(V), 'b': jnp.asarray(0.5)}
-  obj = objectives.get_objective('adversarial')
+  obj = registry.get_objective('adversarial')
 
   def grad_g(key):
     g = jax.grad(lambda p: obj.loss(p, batch, key, model=FakeModel(), cfg=cfg, step=0,
@@ -331,7 +332,7 @@ def test_adversarial_baseline_regresses_on_the_reward():
            'input_mask': jnp.ones((1, 3), jnp.int32), 'segment_ids': jnp.zeros((1, 3), jnp.int32)}
   cfg = _cfg(mask_prob=0.15, max_pred=1, gen_weight=1.0)
   params = _params()  # the generator samples 4 = the original: R = softplus(d[4])
-  _, (m, _) = objectives.get_objective('adversarial').loss(
+  _, (m, _) = registry.get_objective('adversarial').loss(
       params, batch, jax.random.key(0), model=FakeModel(), cfg=cfg, step=0, deterministic=True)
   r = softplus(_np(params)['d'][4])
   np.testing.assert_allclose(float(m['gen_reward']), r, rtol=1e-5)
@@ -352,7 +353,7 @@ def test_variants_train_on_the_real_model():
   for name, overrides in VARIANT_OVERRIDES.items():
     c, model, params = _real(name, **overrides)
     cfg = objectives.ObjectiveConfig.from_config(c)
-    obj = objectives.get_objective(name)
+    obj = registry.get_objective(name)
     f = jax.jit(jax.value_and_grad(
         lambda p: obj.loss(p, _text_batch(c), jax.random.key(1), model=model, cfg=cfg, step=0)[0]))
     loss, grads = f(params)

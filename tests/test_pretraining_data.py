@@ -129,7 +129,7 @@ def test_example_builder_split_and_target_lengths():
 
 
 def test_deterministic_across_workers_and_seed(tok, tmp_path, monkeypatch):
-  monkeypatch.setattr(pretraining, 'UNIT_BYTES', 4096)  # several units, so workers share work
+  monkeypatch.setattr(corpus, 'UNIT_BYTES', 4096)  # several units, so workers share work
   src = _write(tmp_path / 'c.txt', _corpus(200, seed=1))
   _build(src, tok, tmp_path / 'a', seed=3)
   _build(src, tok, tmp_path / 'b', seed=3, num_workers=2)

@@ -11,6 +11,12 @@ elsewhere.
 
 from pathlib import Path
 
+import sys as _sys
+from pathlib import Path as _Path
+
+# Config files import each other as `configs.*`: from any working directory.
+if str(_Path(__file__).resolve().parents[2]) not in _sys.path:
+  _sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))
 from configs import pretrain
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / 'shared' / 'data'

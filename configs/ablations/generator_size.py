@@ -14,6 +14,12 @@ Hardware: size=small at 100k steps is ~1/10 of ELECTRA-Small, about 10 GPU-hours
 on one V100-class GPU.
 """
 
+import sys as _sys
+from pathlib import Path as _Path
+
+# Config files import each other as `configs.*`: from any working directory.
+if str(_Path(__file__).resolve().parents[2]) not in _sys.path:
+  _sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))
 from configs.ablations import common
 
 FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)

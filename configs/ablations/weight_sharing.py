@@ -10,6 +10,12 @@ none 83.6, embeddings 84.3, all 84.4.
 Arguments: objective, size (small), steps (100k), files, data, runlocal (see common.py).
 """
 
+import sys as _sys
+from pathlib import Path as _Path
+
+# Config files import each other as `configs.*`: from any working directory.
+if str(_Path(__file__).resolve().parents[2]) not in _sys.path:
+  _sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))
 from configs.ablations import common
 
 SHARING = ('none', 'embeddings', 'all', 'gdes')

@@ -14,7 +14,6 @@ Both are deterministic for a given Python installation.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -23,6 +22,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from absl import flags
+
+from electra_jax import cli
 
 BUILTIN_SOURCE = 'builtin:python-docs'
 BUILTIN_VOCAB_SIZE = 8192
@@ -37,11 +40,6 @@ _SKIP_TOP = {
     'xxlimited', 'xxlimited_35', '_xxtestfuzz', 'msilib', 'winreg', 'winsound', 'msvcrt',
     '_winapi', 'nt', 'pip', 'setuptools', 'distutils',
 }
-
-
-def default_cache_dir() -> Path:
-  """$ELECTRA_JAX_CACHE, else ~/.cache/electra_jax: where builtin corpus, vocab and shards go."""
-  return Path(os.environ.get('ELECTRA_JAX_CACHE') or Path.home() / '.cache' / 'electra_jax')
 
 
 def _paragraphs(doc: str) -> list[str]:
@@ -239,15 +237,21 @@ def builtin_vocab(cache_dir: str | os.PathLike) -> Path:
   return path
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description='Write the builtin python-docs corpus and vocab.')
-  parser.add_argument('--output', required=True, help='cache directory')
-  args = parser.parse_args()
-  files = write_builtin_corpus(Path(args.output) / 'python_docs')
-  vocab = builtin_vocab(args.output)
+def define_flags():
+  flags.DEFINE_string('output', None, 'Cache directory (default $ELECTRA_JAX_CACHE or '
+                      '~/.cache/electra_jax).')
+
+
+def main(argv) -> None:
+  """python -m electra_jax.data.builtin_corpus [--output=DIR]: writes the corpus and vocab."""
+  from electra_jax import runlog  # pylint: disable=g-import-not-at-top
+  cli.no_positional(argv)
+  out = runlog.cache_dir(flags.FLAGS.output)
+  files = write_builtin_corpus(out / 'python_docs')
+  vocab = builtin_vocab(out)
   total = sum(f.stat().st_size for f in files)
   print(f'corpus: {len(files)} files, {total / 1e6:.1f} MB; vocab: {vocab}')
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, define_flags)

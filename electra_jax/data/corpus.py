@@ -29,13 +29,12 @@ sentences themselves are flushed at every file end in both); records are unpadde
 instead of padded tf.train.Examples with an input_mask, which the loader derives from lengths.
 
 Command line:
-  python -m electra_jax.data.corpus --input 'corpus/*.txt' --vocab vocab.txt \
-      --output DIR --max_seq_length 128 --num_shards 8 --num_workers 2 --seed 0
+  python -m electra_jax.data.corpus --input='corpus/*.txt' --vocab=vocab.txt \
+      --output=DIR --max_seq_length=128 --num_shards=8 --num_workers=2 --seed=0
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import json
@@ -49,7 +48,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
+from electra_jax import cli
+from electra_jax import runlog
 from electra_jax.data import tokenizer as tok_lib
 
 UNIT_BYTES = 2 << 20  # ~2 MB of text per work unit: enough to keep Rust batch encoding busy
@@ -208,7 +210,7 @@ def resolve_source(source: str, tfds_data_dir: str = '', cache_dir: str | None =
     from electra_jax.data import builtin_corpus
     if source != builtin_corpus.BUILTIN_SOURCE:
       raise ValueError(f'unknown builtin source {source!r}; expected {builtin_corpus.BUILTIN_SOURCE!r}')
-    cache = Path(cache_dir or builtin_corpus.default_cache_dir()) / 'python_docs'
+    cache = runlog.cache_dir(cache_dir) / 'python_docs'
     files = [str(p) for p in builtin_corpus.write_builtin_corpus(cache)]
   else:
     files = tok_lib.expand_inputs([s for s in source.split(',') if s])
@@ -488,49 +490,44 @@ def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length
   return meta
 
 
-def make_pretraining_data(data_config, seq_len, global_batch_size, eval_batch_size, seed, cache_root):
-  """The training runtime's entry; see electra_jax.data.loader.make_pretraining_data."""
-  from electra_jax.data import loader  # lazy: loader imports this module
-  return loader.make_pretraining_data(data_config, seq_len, global_batch_size, eval_batch_size,
-                                      seed, cache_root)
+def define_flags():
+  flags.DEFINE_string('input', None, "Files, globs or directories (comma-separated), "
+                    "'builtin:python-docs' or tfds:NAME[/CONFIG]:FEATURE.")
+  flags.DEFINE_string('vocab', None, "vocab.txt path, or 'builtin' for the builtin 8192 vocab.")
+  flags.DEFINE_string('output', None, 'Directory of the shards to write.')
+  flags.DEFINE_integer('max_seq_length', 128, 'Tokens per example.')
+  flags.DEFINE_integer('num_shards', 8, 'Output shards.')
+  flags.DEFINE_integer('num_workers', os.cpu_count() or 1, 'Worker processes.')
+  flags.DEFINE_integer('seed', 0, 'Shuffling and eval-split seed.')
+  flags.DEFINE_float('eval_fraction', 0.0, 'Fraction of documents held out for evaluation.')
+  flags.DEFINE_bool('lowercase', True, '--nolowercase: keep case (for a cased vocab).')
+  flags.DEFINE_string('tfds_data_dir', '', 'TFDS data directory.')
+  flags.DEFINE_string('cache_dir', None, 'Where the builtin corpus and vocab are cached '
+                      '(default $ELECTRA_JAX_CACHE or ~/.cache/electra_jax).')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing output directory.')
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  p = argparse.ArgumentParser(description='Build ELECTRA pre-training shards from text or TFDS.')
-  p.add_argument('--input', required=True,
-                 help="files/globs/dirs (comma-separated), 'builtin:python-docs' or tfds:NAME[/CONFIG]:FEATURE")
-  p.add_argument('--vocab', required=True, help="vocab.txt path, or 'builtin' for the builtin 8192 vocab")
-  p.add_argument('--output', required=True)
-  p.add_argument('--max_seq_length', type=int, default=128)
-  p.add_argument('--num_shards', type=int, default=8)
-  p.add_argument('--num_workers', type=int, default=os.cpu_count() or 1)
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--eval_fraction', type=float, default=0.0)
-  p.add_argument('--no_lowercase', action='store_true')
-  p.add_argument('--tfds_data_dir', default='')
-  p.add_argument('--cache_dir', default=None, help='where builtin corpus/vocab are cached')
-  p.add_argument('--overwrite', action='store_true', help='replace an existing output directory')
-  args = p.parse_args(argv)
-  try:
-    if args.vocab == 'builtin':
-      from electra_jax.data import builtin_corpus
-      cache = args.cache_dir or builtin_corpus.default_cache_dir()
-      vocab = builtin_corpus.builtin_vocab(cache)
-    else:
-      vocab = args.vocab
-    tok = tok_lib.WordPieceTokenizer.from_vocab(vocab, lowercase=not args.no_lowercase)
-    out = Path(args.output)
-    if args.overwrite and out.exists():
-      shutil.rmtree(out)
-    meta = build_pretraining_data(args.input, tok, out, args.max_seq_length, args.num_shards,
-                                  args.num_workers, args.seed, args.eval_fraction,
-                                  args.tfds_data_dir, args.cache_dir)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f'error: {e}')
+def main(argv) -> None:
+  """python -m electra_jax.data.corpus --input=GLOB --vocab=vocab.txt --output=DIR [flags]."""
+  f = flags.FLAGS
+  cli.no_positional(argv)
+  cli.require(input=f.input, vocab=f.vocab, output=f.output)
+  if f.vocab == 'builtin':
+    from electra_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+    vocab = builtin_corpus.builtin_vocab(runlog.cache_dir(f.cache_dir))
+  else:
+    vocab = f.vocab
+  tok = tok_lib.WordPieceTokenizer.from_vocab(vocab, lowercase=f.lowercase)
+  out = Path(f.output)
+  if f.overwrite and out.exists():
+    shutil.rmtree(out)
+  meta = build_pretraining_data(f.input, tok, out, f.max_seq_length, f.num_shards,
+                                f.num_workers, f.seed, f.eval_fraction, f.tfds_data_dir,
+                                f.cache_dir)
   rate = meta['num_text_tokens'] / max(meta['build_seconds'], 1e-9)
   print(f'wrote {meta["num_examples"]} examples ({meta["num_tokens"]} tokens) in {meta["num_shards"]} '
-        f'shards to {args.output} in {meta["build_seconds"]:.1f}s ({rate / 1e6:.2f}M text tokens/s)')
+        f'shards to {f.output} in {meta["build_seconds"]:.1f}s ({rate / 1e6:.2f}M text tokens/s)')
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, define_flags)

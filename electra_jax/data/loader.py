@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from electra_jax import runlog
 from electra_jax.data import corpus
 from electra_jax.data import tokenizer as tok_lib
 
@@ -251,10 +252,7 @@ def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eva
     if not str(data_config[k]).strip():
       raise ValueError(f"data.{k} is empty; set --config.data.{k} (e.g. 'builtin:python-docs' / "
                        "'builtin', a file glob, or a vocab.txt path)")
-  if cache_root is None:  # the runtime passes None when the user gave no cache directory
-    from electra_jax.data import builtin_corpus
-    cache_root = builtin_corpus.default_cache_dir()
-  cache_root = Path(cache_root)
+  cache_root = runlog.cache_dir(cache_root)
   cache_root.mkdir(parents=True, exist_ok=True)
   tfds_data_dir = str(data_config['tfds_data_dir']) if 'tfds_data_dir' in data_config else ''
   if data_config.vocab == 'builtin':

@@ -17,14 +17,16 @@ Command line (train a vocab from text files):
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from absl import flags
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from electra_jax import cli
 
 # The five special tokens every vocab must have; `train_wordpiece` gives them ids 0..4.
 SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
@@ -237,25 +239,27 @@ def train_wordpiece(files_or_iterator: str | Sequence[str] | Iterable[str], voca
   return out_path
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description='WordPiece vocab tools.')
-  sub = parser.add_subparsers(dest='cmd', required=True)
-  tr = sub.add_parser('train', help='train a WordPiece vocab.txt from text files')
-  tr.add_argument('--input', required=True, nargs='+', help='files, globs or directories')
-  tr.add_argument('--vocab_size', type=int, required=True)
-  tr.add_argument('--output', required=True, help='path of the vocab.txt to write')
-  tr.add_argument('--no_lowercase', action='store_true', help='cased vocab (no lower-casing/accent stripping)')
-  tr.add_argument('--min_frequency', type=int, default=2)
-  args = parser.parse_args(argv)
-  try:
-    files = expand_inputs(args.input)
-    out = train_wordpiece(files, args.vocab_size, args.output, lowercase=not args.no_lowercase,
-                          min_frequency=args.min_frequency)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f'error: {e}')
+def define_flags():
+  flags.DEFINE_list('input', None, 'Files, globs or directories (comma-separated).')
+  flags.DEFINE_integer('vocab_size', None, 'Size of the vocab to train.')
+  flags.DEFINE_string('output', None, 'Path of the vocab.txt to write.')
+  flags.DEFINE_bool('lowercase', True, '--nolowercase: a cased vocab (no lower-casing or '
+                    'accent stripping).')
+  flags.DEFINE_integer('min_frequency', 2, 'Minimum count of a merged word piece.')
+
+
+def main(argv) -> None:
+  """python -m electra_jax.data.tokenizer train --input=GLOB --vocab_size=N --output=vocab.txt."""
+  f = flags.FLAGS
+  if argv[1:] != ['train']:
+    raise cli.UsageError(f'expected the command `train`; got {argv[1:]}')
+  cli.require(input=f.input, vocab_size=f.vocab_size, output=f.output)
+  files = expand_inputs(f.input)
+  out = train_wordpiece(files, f.vocab_size, f.output, lowercase=f.lowercase,
+                        min_frequency=f.min_frequency)
   n = len(read_vocab(out))
   print(f'wrote {out}: {n} tokens (hash {vocab_hash(read_vocab(out))}) from {len(files)} file(s)')
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, define_flags)

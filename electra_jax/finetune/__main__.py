@@ -1,21 +1,39 @@
-"""Fine-tune: python -m electra_jax.finetune --config=configs/finetune.py:task=rte --workdir=DIR.
+r"""Fine-tune on a downstream task (GLUE, SQuAD, chunking).
+
+  python -m electra_jax.finetune --config=configs/finetune.py:task=rte,size=small \
+      --config.init_checkpoint=runs/small/export --config.data.data_dir=PATH/TO/glue \
+      --workdir=runs/rte
 
 One seed runs electra_jax.finetune.loop.finetune_and_evaluate; config.num_seeds > 1
-runs electra_jax.finetune.multiseed.
+runs electra_jax.finetune.multiseed (the median over seeds). Multi-host: pass
+--coordinator_address/--num_processes/--process_id, or --multihost to let
+jax.distributed.initialize() detect the cluster, as for pre-training.
 """
 
 import logging
 from pathlib import Path
 
-from electra_jax import hostmem
+from absl import flags
+
+from electra_jax import cli
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  cli.define_config('configs/finetune.py:task=rte')
+  flags.DEFINE_string('workdir', None, 'Output directory (metrics, results.json, predictions).')
+  cli.define_distributed()
 
 
 def main(argv):
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from electra_jax.finetune import loop  # pylint: disable=g-import-not-at-top
+  cli.no_positional(argv)
+  config = cli.get_config(example='configs/finetune.py:task=rte')
+  cli.require(workdir=FLAGS.workdir)
+  cli.init_distributed()
+  from electra_jax.finetune import loop  # pylint: disable=g-import-not-at-top  (after init)
   from electra_jax.finetune import multiseed  # pylint: disable=g-import-not-at-top
-  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  workdir = FLAGS.workdir
   Path(workdir).mkdir(parents=True, exist_ok=True)
   handler = logging.FileHandler(Path(workdir) / 'log.txt')
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
@@ -27,12 +45,10 @@ def main(argv):
     loop.finetune_and_evaluate(config, workdir)
 
 
+def run():
+  """The console script (see pyproject.toml)."""
+  cli.run(main, define_flags, tuned_malloc=True)
+
+
 if __name__ == '__main__':
-  hostmem.reexec_with_tuned_malloc()  # before any step runs: see electra_jax/hostmem.py
-  from absl import app
-  from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file('config', None, 'configs/finetune.py:task=...', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'output directory')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  run()

@@ -36,12 +36,13 @@ import optax
 
 from electra_jax import optim
 from electra_jax.io import weights
+from electra_jax import runlog
 from electra_jax import sharding
+from electra_jax import state as state_lib
 from electra_jax.finetune.tasks import base as task_base
 from electra_jax.finetune.tasks import registry
 from electra_jax.models import electra
 from electra_jax.models import heads
-from electra_jax.pretrain.loop import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,6 @@ def _init_params(model, seq_len: int, rng):
   return model.init({'params': rng}, z, jnp.ones_like(z), z, True)['params']
 
 
-def _init_boxed_state(model, tx, seq_len: int, rng):
-  params = _init_params(model, seq_len, rng)
-  return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params))
-
-
 def merge_params(init_params, loaded_params) -> tuple[Any, list[str], list[str]]:
   """Overlays `loaded_params` on `init_params` by path.
 
@@ -161,23 +157,20 @@ def create_state(model, tx, mesh, seq_len: int, rng, loaded_params=None):
 
   Returns (state, shardings, missing, unexpected).
   """
-  abstract = jax.eval_shape(functools.partial(_init_boxed_state, model, tx, seq_len), rng)
-  shardings = sharding.shardings_for(abstract, mesh)
-  params = jax.jit(lambda r: nn.meta.unbox(_init_params(model, seq_len, r)),
-                   out_shardings=shardings.params)(rng)
-  missing, unexpected = [], []
-  if loaded_params is not None:
-    host, missing, unexpected = merge_params(jax.device_get(params), loaded_params)
-    params = jax.device_put(host, shardings.params)
-  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  step = jax.device_put(jnp.zeros([], jnp.int32), shardings.step)
-  return TrainState(step=step, params=params, opt_state=opt_state), shardings, missing, unexpected
+  init = functools.partial(_init_params, model, seq_len)
+  if loaded_params is None:
+    st, shardings = state_lib.create(init, tx, mesh, rng)
+    return st, shardings, [], []
+  shardings = state_lib.shardings(init, tx, mesh)
+  params = state_lib.init_params(init, shardings, rng)
+  host, missing, unexpected = merge_params(jax.device_get(params), loaded_params)
+  return state_lib.from_params(host, tx, shardings), shardings, missing, unexpected
 
 
 # --------------------------------------------------------------------------- steps
 
 
-def train_step(state: TrainState, batch: dict, rng, *, model, tx, schedule):
+def train_step(state: state_lib.TrainState, batch: dict, rng, *, model, tx, schedule):
   """One optimizer step with dropout. Returns (new_state, float32 scalar metrics)."""
   key = jax.random.fold_in(rng, state.step)
 
@@ -191,7 +184,7 @@ def train_step(state: TrainState, batch: dict, rng, *, model, tx, schedule):
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
   metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return state_lib.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def predict_step(params, batch: dict, *, model):
@@ -201,12 +194,11 @@ def predict_step(params, batch: dict, *, model):
 
 
 def make_steps(model, tx, schedule, mesh, shardings):
-  batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  train_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule),
-                     in_shardings=(shardings, batch_sh, repl), out_shardings=(shardings, repl),
-                     donate_argnums=0)
-  predict_fn = jax.jit(functools.partial(predict_step, model=model),
-                       in_shardings=(shardings.params, batch_sh), out_shardings=batch_sh)
+  train_fn = state_lib.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule),
+                           mesh, (shardings, 'batch', 'replicated'), (shardings, 'replicated'),
+                           donate_argnums=0)
+  predict_fn = state_lib.jit(functools.partial(predict_step, model=model), mesh,
+                             (shardings.params, 'batch'), 'batch')
   return train_fn, predict_fn
 
 
@@ -261,15 +253,6 @@ def _check_batch_size(name: str, batch_size: int, mesh):
 
 
 # --------------------------------------------------------------------------- the loop
-
-
-class _JsonlWriter:
-  def __init__(self, path: Path):
-    self.path = path
-
-  def write(self, record: dict):
-    with open(self.path, 'a', encoding='utf-8') as f:
-      f.write(json.dumps(record, sort_keys=True) + '\n')
 
 
 def load_tokenizer(config, checkpoint: weights.Pretrained | None):
@@ -334,7 +317,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
            config.optimizer.learning_rate, config.optimizer.layerwise_lr_decay)
   train_fn, predict_fn = make_steps(model, tx, schedule, mesh, shardings)
 
-  jsonl = _JsonlWriter(workdir / 'metrics.jsonl')
+  jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl')
   train_keys = INPUT_KEYS + heads.LABEL_KEYS[task.kind]
   train_arrays = {k: train_feats.arrays[k] for k in train_keys}
   history, pending, last_outputs, t_train = [], [], {}, time.time()
@@ -366,6 +349,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     if step >= num_steps:
       break
   train_time = time.time() - t_train
+  jsonl.close()
 
   for split, feats in eval_feats.items():
     if task.kind == 'span':  # The answers behind the final SQuAD scores.

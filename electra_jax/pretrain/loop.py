@@ -21,84 +21,31 @@ import json
 import pathlib
 import signal
 import time
-from typing import Any
-
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from absl import logging
 from tqdm import tqdm
 
-from electra_jax.io import checkpoint
-from electra_jax import runlog
-from electra_jax.pretrain import objectives
-from electra_jax import optim
 from electra_jax import plot
-from electra_jax.pretrain import evaluation
+from electra_jax import runlog
 from electra_jax import sharding
+from electra_jax import state as state_lib
+from electra_jax.io import checkpoint
+from electra_jax.io import common
+from electra_jax.io import weights
 from electra_jax.models import electra
 from electra_jax.models import layers
+from electra_jax.pretrain import evaluation
+from electra_jax.pretrain import objectives
+from electra_jax.pretrain import registry
+# The run's model, optimizer and sharded state (electra_jax.pretrain.build), part of this API.
+from electra_jax.pretrain.build import (  # noqa: F401
+    abstract_train_state, build_model, build_optimizer, create_train_state, dummy_batch,
+    state_shardings)
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-def build_model(config) -> electra.Pretrainer:
-  return electra.Pretrainer(electra.ModelConfig.from_config(config.model))
-
-
-def build_optimizer(config):
-  return optim.make_optimizer(config.optimizer, config.train.num_steps)
-
-
-def dummy_batch(batch_size: int, seq_len: int) -> dict:
-  z = jnp.zeros((batch_size, seq_len), jnp.int32)
-  return {'input_ids': z, 'input_mask': jnp.ones_like(z), 'segment_ids': z}
-
-
-def _init_boxed(model, tx, seq_len: int, max_predictions: int, rng):
-  """Boxed (logically annotated) TrainState; used abstractly for shardings."""
-  b = dummy_batch(1, seq_len)
-  positions = jnp.zeros((1, max_predictions), jnp.int32)
-  variables = model.init({'params': rng}, b['input_ids'], b['input_mask'], b['segment_ids'],
-                         positions, True)
-  params = variables['params']
-  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                    opt_state=tx.init(params))
-
-
-def abstract_train_state(config, model, tx, mesh):
-  """The TrainState as ShapeDtypeStructs carrying their NamedShardings (restore target)."""
-  shardings = state_shardings(config, model, tx, mesh)
-  init = functools.partial(_init_boxed, model, tx, config.train.seq_len,
-                           config.objective.max_predictions_per_seq)
-  shapes = jax.eval_shape(lambda r: nn.meta.unbox(init(r)), jax.random.key(0))
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      shapes, shardings)
-
-
-def state_shardings(config, model, tx, mesh):
-  """NamedShardings of the TrainState (params and optimizer slots alike)."""
-  abstract = jax.eval_shape(
-      functools.partial(_init_boxed, model, tx, config.train.seq_len,
-                        config.objective.max_predictions_per_seq), jax.random.key(0))
-  return sharding.shardings_for(abstract, mesh)
-
-
-def create_train_state(config, model, tx, mesh, rng):
-  """Initialises the TrainState directly in its sharded layout (no host copy)."""
-  shardings = state_shardings(config, model, tx, mesh)
-  init = functools.partial(_init_boxed, model, tx, config.train.seq_len,
-                           config.objective.max_predictions_per_seq)
-  with mesh:
-    state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
-  return state, shardings
+TrainState = state_lib.TrainState
 
 
 def step_keys(rng, step):
@@ -152,22 +99,18 @@ def make_train_step(config, model, tx, schedule, mesh, shardings):
   """jit(train_step) with explicit shardings; the state is donated."""
   obj_cfg = objectives.ObjectiveConfig.from_config(config)
   fn = functools.partial(train_step, model=model, tx=tx, obj_cfg=obj_cfg,
-                         objective=objectives.get_objective(obj_cfg.name), schedule=schedule,
+                         objective=registry.get_objective(obj_cfg.name), schedule=schedule,
                          skip_nonfinite=config.train.nan_policy == 'skip')
-  batch_sh = sharding.batch_sharding(mesh)
-  repl = sharding.replicated(mesh)
-  return jax.jit(fn, in_shardings=(shardings, batch_sh, repl),
-                 out_shardings=(shardings, repl), donate_argnums=0)
+  return state_lib.jit(fn, mesh, (shardings, 'batch', 'replicated'), (shardings, 'replicated'),
+                       donate_argnums=0)
 
 
 def make_eval_step(config, model, mesh, shardings):
   obj_cfg = objectives.ObjectiveConfig.from_config(config)
   fn = functools.partial(eval_step, model=model, obj_cfg=obj_cfg,
-                         objective=objectives.get_objective(obj_cfg.name))
-  batch_sh = sharding.batch_sharding(mesh)
-  repl = sharding.replicated(mesh)
-  return jax.jit(fn, in_shardings=(shardings.params, batch_sh, repl, repl),
-                 out_shardings=(repl, batch_sh))
+                         objective=registry.get_objective(obj_cfg.name))
+  return state_lib.jit(fn, mesh, (shardings.params, 'batch', 'replicated', 'replicated'),
+                       ('replicated', 'batch'))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -272,7 +215,7 @@ def check_train_config(config, mesh) -> None:
 def load_data(config, cache_dir=None):
   """The run's PretrainingData (train/eval loaders, tokenizer); see electra_jax.data.corpus."""
   from electra_jax.data import loader  # pylint: disable=g-import-not-at-top
-  cache_dir = cache_dir or pathlib.Path.home() / '.cache' / 'electra_jax'
+  cache_dir = runlog.cache_dir(cache_dir)
   return loader.make_pretraining_data(
       config.data, config.train.seq_len, config.train.batch_size, config.train.eval_batch_size,
       config.seed, cache_dir)
@@ -320,26 +263,36 @@ def export(workdir, config, params, step: int, tokenizer=None) -> pathlib.Path:
 def init_from_pretrained(config, model, tx, mesh, path, tokenizer) -> TrainState:
   """Step-0 TrainState from pre-trained generator + discriminator weights.
 
-  `path`: an electra_jax export or converted dir, a Hugging Face directory with
-  `discriminator/` and `generator/` (see electra_jax.io.convert), or an original
-  TF1 ELECTRA checkpoint. The weights must fit config.model and the data's vocab.
+  `path`: anything electra_jax.io.weights.load reads (an export or converted
+  dir, a pre-training run, a Hugging Face dir with `discriminator/` and
+  `generator/`, an original TF1 ELECTRA checkpoint). The weights must fit
+  config.model and the data's vocab.
   """
-  from electra_jax.io import convert  # pylint: disable=g-import-not-at-top  (imports torch lazily)
-  p = pathlib.Path(path).expanduser()
-  if not p.exists() and not list(p.parent.glob(p.name + '.index')):
-    raise FileNotFoundError(f'train.init_from={path}: no such file or directory')
-  if (p / 'model_config.json').exists() or (p / 'checkpoints').is_dir():
-    conv = convert.load_electra_jax(p)
-  elif (p / 'discriminator' / 'config.json').exists() or (p / 'config.json').exists():
-    conv = convert.import_hf(p)
-  else:
-    conv = convert.import_tf1(p)
-  if conv.vocab is not None and list(conv.vocab) != list(tokenizer.tokens):
+  ckpt = weights.load(path, 'pretrainer', setting='train.init_from')
+  if ckpt.vocab_tokens is not None and list(ckpt.vocab_tokens) != list(tokenizer.tokens):
     raise ValueError(f'vocab mismatch: train.init_from={path} was trained with a different '
-                     f'vocabulary ({len(conv.vocab)} tokens) than config.data.vocab '
+                     f'vocabulary ({len(ckpt.vocab_tokens)} tokens) than config.data.vocab '
                      f'({tokenizer.vocab_size} tokens)')
-  state, _ = convert.init_train_state(config, model, tx, mesh, conv)
+  state, _ = init_train_state(config, model, tx, mesh, ckpt.converted)
   return state
+
+
+def init_train_state(config, model, tx, mesh, conv):
+  """A TrainState for continued pre-training from `conv` (a 'pretrainer' io.common.Converted).
+
+  The params are checked against the run's config, placed in the run's
+  sharded layout, and get a fresh optimizer state at step 0. Returns
+  (state, shardings) like create_train_state.
+  """
+  if conv.kind != 'pretrainer':
+    raise ValueError(f'continued pre-training needs a generator + discriminator pair '
+                     f'(kind "pretrainer"); got kind {conv.kind!r}')
+  weights.check_compatible(conv, config.model)
+  common.check_tree(conv.params, common.expected_shapes(
+      electra.ModelConfig.from_config(config.model), 'pretrainer'),
+      what='imported params vs config.model', model=dict(config.model))
+  shardings = state_shardings(config, model, tx, mesh)
+  return state_lib.from_params(conv.params, tx, shardings), shardings
 
 
 def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = False,
@@ -391,8 +344,8 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
     out = export(workdir, config, state.params, start, data.tokenizer)
     return {'step': start, 'export_dir': str(out), 'preempted': None}
 
-  train_step = make_train_step(config, model, tx, schedule, mesh, abstract_shardings(abstract))
-  eval_step = make_eval_step(config, model, mesh, abstract_shardings(abstract))
+  train_step = make_train_step(config, model, tx, schedule, mesh, state_lib.shardings_of(abstract))
+  eval_step = make_eval_step(config, model, mesh, state_lib.shardings_of(abstract))
   eval_rng = jax.random.fold_in(jax.random.key(config.seed), EVAL_RNG_SALT)
   eval_batches = _take(data.eval, t.eval_batches) if t.eval_batches and data.eval else []
   if t.eval_batches and not eval_batches:
@@ -490,10 +443,6 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   if jax.process_index() == 0:
     summary['curves'] = str(plot.plot_workdirs([workdir], workdir / 'curves.png'))
   return summary
-
-
-def abstract_shardings(abstract):
-  return jax.tree.map(lambda x: x.sharding, abstract)
 
 
 def _take(loader, n: int) -> list:

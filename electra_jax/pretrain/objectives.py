@@ -1,10 +1,10 @@
 """Masking, sampling and the ELECTRA loss, all pure functions run inside the jitted step.
 
 Everything follows google-research/electra (pretrain_helpers.py,
-run_pretraining.py) as summarised in ELECTRA_REFERENCE.md; constants come from
+run_pretraining.py) as summarised in docs/reference.md; constants come from
 `config.objective` and `config.tokens`. Variants of the objective (the paper's
-ablations) are further named functions registered in `OBJECTIVES`, with the
-same signature as `electra_loss`.
+ablations, variants.py) have the same signature as `electra_loss`; registry.py
+names them all.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+
+# Every objective's name: the default 'electra' (here) and the paper's ablations
+# (variants.py). registry.py maps each to its implementation and checks this list.
+NAMES = ('electra', 'bert_mlm', 'electra_15', 'replace_mlm', 'all_tokens_mlm',
+         'uniform_generator', 'unigram_generator', 'two_stage', 'adversarial')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +53,8 @@ class ObjectiveConfig:
       raise ValueError(f'objective.max_predictions_per_seq={o.max_predictions_per_seq}; expected '
                        f'1..train.seq_len ({config.train.seq_len}); the official value is '
                        f'int((mask_prob + 0.005) * seq_len)')
-    if o.name not in registry():
-      raise ValueError(f'objective.name={o.name!r}; expected one of {sorted(registry())}')
+    if o.name not in NAMES:
+      raise ValueError(f'objective.name={o.name!r}; expected one of {sorted(NAMES)}')
     return cls(mask_prob=o.mask_prob, max_predictions_per_seq=o.max_predictions_per_seq,
                mask_token_prob=o.mask_token_prob, random_token_prob=o.random_token_prob,
                temperature=o.temperature, disallow_correct=o.disallow_correct,
@@ -282,19 +288,4 @@ class Objective:
   update_mask: Callable[..., Any] | None = None
 
 
-OBJECTIVES: dict[str, Objective] = {
-    'electra': Objective(electra_loss),
-}
-
-
-def registry() -> dict[str, Objective]:
-  """All objectives: the default above plus the paper's variants."""
-  from electra_jax.pretrain import variants  # pylint: disable=g-import-not-at-top
-  return {**OBJECTIVES, **variants.VARIANTS}
-
-
-def get_objective(name: str) -> Objective:
-  objs = registry()
-  if name not in objs:
-    raise ValueError(f'unknown objective {name!r}; expected one of {sorted(objs)}')
-  return objs[name]
+ELECTRA = Objective(electra_loss)  # the default; every objective by name: pretrain/registry.py

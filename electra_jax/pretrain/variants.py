@@ -1,6 +1,6 @@
 """The paper's objective ablations, each a named `objectives.Objective`.
 
-Selected with `config.objective.name` (`objectives.registry()` merges `VARIANTS`
+Selected with `config.objective.name` (`registry.OBJECTIVES` merges `VARIANTS`
 with the default 'electra'); all share the model and the train step.
 
   bert_mlm           BERT baseline: MLM on the discriminator-sized tower, no

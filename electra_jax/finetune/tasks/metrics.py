@@ -1,4 +1,4 @@
-"""Generic evaluation metrics for fine-tuning: pure NumPy / Python, no JAX.
+"""Evaluation metrics for fine-tuning: sklearn / scipy where they have the metric, no JAX.
 
 Classification / regression metrics take 1-D arrays of equal length `[N]`.
 Chunking takes lists of per-sentence tag sequences (BIO / IOB1 tags).
@@ -41,68 +41,46 @@ def accuracy(y_true, y_pred) -> float:
 
 def f1_binary(y_true, y_pred, positive: int = 1) -> float:
   """F1 of the `positive` class (sklearn's `f1_score(average='binary')`, 0.0 when undefined)."""
+  from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
   y_true, y_pred = _as_1d_pair(y_true, y_pred)
-  tp = float(np.sum((y_pred == positive) & (y_true == positive)))
-  fp = float(np.sum((y_pred == positive) & (y_true != positive)))
-  fn = float(np.sum((y_pred != positive) & (y_true == positive)))
-  denom = 2 * tp + fp + fn
-  return 0.0 if denom == 0 else 2 * tp / denom
+  return float(skm.f1_score(y_true == positive, y_pred == positive, zero_division=0.0))
 
 
 def matthews_corrcoef(y_true, y_pred) -> float:
-  """Matthews correlation for any number of classes (Gorodkin's R_K, as sklearn).
+  """Matthews correlation for any number of classes (sklearn's, Gorodkin's R_K).
 
   Returns 0.0 when it is undefined (a constant prediction or constant truth).
   """
+  from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
   y_true, y_pred = _as_1d_pair(y_true, y_pred)
-  classes, inv = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
-  k = len(classes)
-  t, p = inv[:len(y_true)], inv[len(y_true):]
-  conf = np.zeros((k, k), np.float64)
-  np.add.at(conf, (t, p), 1.0)
-  t_sum = conf.sum(axis=1)  # true occurrences per class
-  p_sum = conf.sum(axis=0)  # predicted occurrences per class
-  n_correct = np.trace(conf)
-  n = conf.sum()
-  cov_ytyp = n_correct * n - np.dot(t_sum, p_sum)
-  cov_ypyp = n * n - np.dot(p_sum, p_sum)
-  cov_ytyt = n * n - np.dot(t_sum, t_sum)
-  if cov_ypyp * cov_ytyt == 0:
+  if len(np.unique(y_true)) < 2 or len(np.unique(y_pred)) < 2:
     return 0.0
-  return float(cov_ytyp / np.sqrt(cov_ytyt * cov_ypyp))
+  return float(skm.matthews_corrcoef(y_true, y_pred))
 
 
 # --------------------------------------------------------------------------- regression
 
 
+def _constant(a: np.ndarray) -> bool:
+  return bool(np.all(a == a[0]))
+
+
 def pearson(x, y) -> float:
-  """Pearson correlation of two `[N]` float arrays (0.0 if either is constant)."""
+  """Pearson correlation of two `[N]` float arrays (scipy's; 0.0 if either is constant)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
   x, y = _as_1d_pair(x, y)
-  x = x.astype(np.float64) - np.mean(x)
-  y = y.astype(np.float64) - np.mean(y)
-  denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
-  return 0.0 if denom == 0 else float(np.sum(x * y) / denom)
-
-
-def _average_ranks(a: np.ndarray) -> np.ndarray:
-  """1-based ranks with ties given their average rank (scipy.stats.rankdata 'average')."""
-  order = np.argsort(a, kind='mergesort')
-  sorted_a = a[order]
-  # Boundaries of runs of equal values in sorted order.
-  is_new = np.concatenate([[True], sorted_a[1:] != sorted_a[:-1]])
-  run_id = np.cumsum(is_new) - 1
-  run_starts = np.flatnonzero(is_new)
-  run_ends = np.concatenate([run_starts[1:], [len(a)]])
-  avg_rank = (run_starts + run_ends + 1) / 2.0  # mean of 1-based ranks start+1..end
-  ranks = np.empty(len(a), np.float64)
-  ranks[order] = avg_rank[run_id]
-  return ranks
+  if len(x) < 2 or _constant(x) or _constant(y):
+    return 0.0
+  return float(stats.pearsonr(x.astype(np.float64), y.astype(np.float64))[0])
 
 
 def spearman(x, y) -> float:
-  """Spearman rank correlation: Pearson of average ranks (ties averaged)."""
+  """Spearman rank correlation (scipy's: ties get their average rank; 0.0 if either is constant)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
   x, y = _as_1d_pair(x, y)
-  return pearson(_average_ranks(x), _average_ranks(y))
+  if len(x) < 2 or _constant(x) or _constant(y):
+    return 0.0
+  return float(stats.spearmanr(x, y)[0])
 
 
 # --------------------------------------------------------------------------- chunking
