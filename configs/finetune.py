@@ -1,7 +1,7 @@
 r"""Fine-tuning on GLUE, SQuAD 1.1 / 2.0 and CoNLL-2000 chunking (the paper's recipe).
 
   python -m electra_jax.finetune --config=configs/finetune.py:task=rte,size=small \
-    --config.init_checkpoint=runs/small/export --config.data.data_dir=/path/to/glue \
+    --config.train.init_from=runs/small/export --config.data.data_dir=/path/to/glue \
     --workdir=runs/ft_rte
 
 Arguments (`configs/finetune.py:k=v,k=v`):
@@ -11,11 +11,11 @@ Arguments (`configs/finetune.py:k=v,k=v`):
             own config wins) and the recipe's lr / layer decay for that size
   vocab     '' (the checkpoint's vocab.txt) | a path to a vocab.txt (e.g. BERT uncased) |
             builtin (the 8192-token vocab of the `tiny` pre-training quickstart)
-  init      shortcut for --config.init_checkpoint
+  init      shortcut for --config.train.init_from
   num_seeds run seeds seed .. seed+N-1 and report median / spread (the paper: median of 10)
   runlocal  shrink sequence length, epochs and data for a CPU smoke run
 
-`init_checkpoint`: '' = random initialisation (the baseline); an electra_jax
+`train.init_from`: '' = random initialisation (the baseline); an electra_jax
 pre-training workdir (its latest checkpoint; the discriminator is cut out); an
 export dir written by electra_jax.io.checkpoint; or a Hugging Face ELECTRA dir
 (config.json + weights), imported with electra_jax.io.convert. Missing and
@@ -60,8 +60,6 @@ def get_config(arg=None):
   c.seed = arg.seed
   c.num_seeds = arg.num_seeds
   c.size = arg.size
-  # '' = random init; pre-training workdir | export dir | Hugging Face dir.
-  c.init_checkpoint = arg.init
 
   c.task = ml_collections.ConfigDict(dict(
       name=arg.task,
@@ -115,8 +113,11 @@ def get_config(arg=None):
       batch_size=32,
       eval_batch_size=64,
       epochs=0.0,  # 0 = the task's (RTE / STS-B 10, SQuAD 2, others 3)
-      max_seq_length=384 if squad else 128,
+      seq_len=384 if squad else 128,  # examples are truncated / windowed to this length
       log_every=50,
+      # '' = random init; an export dir | a pre-training workdir | a Hugging Face dir | a TF1
+      # checkpoint (electra_jax.io.weights.load); the same key as pre-training's.
+      init_from=arg.init,
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
@@ -125,7 +126,7 @@ def get_config(arg=None):
     c.train.batch_size = 8
     c.train.eval_batch_size = 8
     c.train.epochs = 1.0
-    c.train.max_seq_length = 128 if squad else 64
+    c.train.seq_len = 128 if squad else 64
     c.train.log_every = 5
     c.data.max_train_examples = 64
     c.data.max_eval_examples = 32

@@ -36,6 +36,8 @@ from absl import flags
 from absl import logging
 
 FLAGS = flags.FLAGS
+# Config keys renamed by issue 16: a misspelt-key error points at the new name.
+RENAMED = {'init_checkpoint': 'train.init_from', 'max_seq_length': 'train.seq_len'}
 # Errors that mean "the input is wrong", not "the code is wrong": one line, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                FloatingPointError, ImportError)
@@ -126,6 +128,8 @@ def _flag_error(e: Exception, argv) -> str:
     given = [a.split('=')[0] for a in argv[1:] if a.startswith('--') and '.' in a.split('=')[0]
              and a.split('=')[0].split('.')[-1] == key]
     where = given[0] if given else f'key {key!r}'
+    if key in RENAMED:
+      return f'{where}: no such config key {key!r}; it is now --config.{RENAMED[key]}'
     return (f'{where}: no such config key {key!r}'
             + (f'; did you mean {hint.group(1)!r}?' if hint else ''))
   lines = [l.strip() for l in str(e).splitlines() if l.strip()]
@@ -152,7 +156,11 @@ def run(main: Callable, define_flags: Callable | None = None, *,
     from electra_jax import hostmem  # pylint: disable=g-import-not-at-top
     hostmem.reexec_with_tuned_malloc()  # before any step runs: see electra_jax/hostmem.py
   if define_flags is not None:
+    before = set(FLAGS)
     define_flags()
+    main_module = sys.argv[0]  # the module absl's --help describes
+    for name in sorted(set(FLAGS) - before):  # cli's own (--config, distributed) shown too
+      FLAGS.register_key_flag_for_module(main_module, FLAGS[name])
 
   def guarded(argv):
     try:

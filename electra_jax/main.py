@@ -30,7 +30,7 @@ def define_flags():
 
 
 FINETUNE_HINT = ('python -m electra_jax.finetune --config=configs/finetune.py:task=rte,size={size} '
-                 '--config.init_checkpoint={export} --config.data.data_dir=PATH/TO/glue '
+                 '--config.train.init_from={export} --config.data.data_dir=PATH/TO/glue '
                  '--workdir=runs/rte')
 
 

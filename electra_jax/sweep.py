@@ -157,7 +157,7 @@ def pretrain_command(main_cmd: str, config_path: str, trial: Trial, workdir: Pat
 def finetune_command(finetune_cmd: str, ft: dict, task: str, export: Path, workdir: Path) -> list[str]:
   arg = f'task={task}' + (f',{ft["arg"]}' if ft['arg'] else '')
   cmd = shlex.split(finetune_cmd) + [f'--config={ft["config"]}:{arg}',
-                                     f'--config.init_checkpoint={export}',
+                                     f'--config.train.init_from={export}',
                                      f'--config.num_seeds={ft["num_seeds"]}']
   cmd += [f'--config.{k}={_fmt_value(v)}' for k, v in ft['overrides'].items()]
   return cmd + [f'--workdir={workdir}']
@@ -425,7 +425,8 @@ def run_sweep(config_path: str, root: Path, *, parallel: int = 1, only=(), dry_r
 
 
 def define_flags():
-  flags.DEFINE_string('config', None, 'Sweep file with get_config(arg) and sweep(add).')
+  flags.DEFINE_string('config', None, 'Sweep file and its argument, FILE.py[:ARG]: a config file '
+                      'with get_config(arg) and sweep(add), e.g. configs/ablations/efficiency.py.')
   flags.DEFINE_string('workdir', None, 'Root directory; one subdirectory per trial.')
   flags.DEFINE_integer('parallel', 1, 'Trials run at the same time.')
   flags.DEFINE_list('only', [], 'Run only these trial names.')

@@ -152,7 +152,7 @@ def test_regression_stsb_from_export(tmp_path):
   _write_stsb(tmp_path / 'data')
   config = _config('stsb', tmp_path, **{'train.epochs': 1.0, 'data.test_splits': ''})
   export, _ = _export_dir(tmp_path, config)
-  config.init_checkpoint = str(export)
+  config.train.init_from = str(export)
   config.data.vocab = ''  # the export's vocab.txt
   results = loop.finetune_and_evaluate(config, str(tmp_path / 'run'))
   assert results['init_kind'] == 'export'
@@ -210,10 +210,10 @@ def _write_squad(path, n_articles=6, per_article=12):
 def test_squad_end_to_end(tmp_path):
   _write_squad(tmp_path / 'data' / 'dev-v1.1.json')
   config = _config('squad1', tmp_path, **{
-      'train.epochs': 2.0, 'train.max_seq_length': 48, 'task.doc_stride': 16,
+      'train.epochs': 2.0, 'train.seq_len': 48, 'task.doc_stride': 16,
       'task.max_query_length': 8, 'data.train_split': 'train_from_dev',
       'data.eval_splits': 'eval_from_dev'})
-  assert finetune_config.get_config('task=squad1').train.max_seq_length == 384
+  assert finetune_config.get_config('task=squad1').train.seq_len == 384
   workdir = tmp_path / 'run'
   results = loop.finetune_and_evaluate(config, str(workdir))
   dev = results['dev']['eval_from_dev']

@@ -52,7 +52,7 @@ def test_trains_end_to_end_through_main(corpus, tmp_path):  # noqa: F811
   assert (wd / 'curves.png').stat().st_size > 0
   # The user is told where things are and what to run next.
   assert 'train step       6:' in r.stdout and 'eval  step       6:' in r.stdout
-  assert f'--config.init_checkpoint={wd / "export"}' in r.stdout
+  assert f'--config.train.init_from={wd / "export"}' in r.stdout
 
   # The export loads, has the ElectraModel structure, and equals the last checkpoint's cut.
   model_cfg, params = checkpoint.load_exported(wd / 'export')

@@ -28,3 +28,18 @@ def test_console_scripts_point_at_functions():
   for name, target in _pyproject()['project']['scripts'].items():
     module, _, attr = target.partition(':')
     assert callable(getattr(importlib.import_module(module), attr)), name
+
+
+def test_configs_load_from_any_working_directory(tmp_path, monkeypatch):
+  """configs/*.py import each other as `configs.*` without the repo on sys.path."""
+  import importlib.util
+  import sys
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, 'path', [p for p in sys.path if Path(p or '.').resolve() != REPO])
+  for name in [m for m in sys.modules if m == 'configs' or m.startswith('configs.')]:
+    monkeypatch.delitem(sys.modules, name)
+  for rel, arg in (('configs/finetune.py', 'task=rte'), ('configs/ablations/efficiency.py', None)):
+    spec = importlib.util.spec_from_file_location(f'_cfg_{Path(rel).stem}', REPO / rel)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.get_config(arg) is not None, rel

@@ -45,8 +45,8 @@ FAKE_FINETUNE = textwrap.dedent('''
     task = args['config'].split(':', 1)[1].split(',')[0].split('=')[1]
     with open(os.environ['FAKE_CALLS'], 'a') as f:
       f.write(json.dumps({'cmd': 'finetune', 'task': task, 'workdir': str(wd),
-                          'init': args['config.init_checkpoint']}) + '\\n')
-    assert Path(args['config.init_checkpoint']).is_dir()
+                          'init': args['config.train.init_from']}) + '\\n')
+    assert Path(args['config.train.init_from']).is_dir()
     # Score depends on the trial (its lr override) and the seed: known medians.
     lr = float(args.get('config.optimizer.learning_rate', '0.001'))
     for s in range(int(args['config.num_seeds'])):

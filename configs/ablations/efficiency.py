@@ -37,7 +37,7 @@ OBJECTIVES = ('electra', 'all_tokens_mlm', 'replace_mlm', 'electra_15', 'bert_ml
 # these overrides (and use size=small) for the paper's recipe.
 FINETUNE = common.glue_finetune(
     tasks=('rte', 'mrpc', 'stsb', 'sst2'), num_seeds=3, size='tiny',
-    **{'data.max_train_examples': 1500, 'train.epochs': 3.0, 'train.max_seq_length': 64,
+    **{'data.max_train_examples': 1500, 'train.epochs': 3.0, 'train.seq_len': 64,
        'data.test_splits': ''})
 
 

@@ -30,7 +30,7 @@ instead of padded tf.train.Examples with an input_mask, which the loader derives
 
 Command line:
   python -m electra_jax.data.corpus --input='corpus/*.txt' --vocab=vocab.txt \
-      --output=DIR --max_seq_length=128 --num_shards=8 --num_workers=2 --seed=0
+      --output=DIR --seq_len=128 --num_shards=8 --num_workers=2 --seed=0
 """
 
 from __future__ import annotations
@@ -495,7 +495,7 @@ def define_flags():
                     "'builtin:python-docs' or tfds:NAME[/CONFIG]:FEATURE.")
   flags.DEFINE_string('vocab', None, "vocab.txt path, or 'builtin' for the builtin 8192 vocab.")
   flags.DEFINE_string('output', None, 'Directory of the shards to write.')
-  flags.DEFINE_integer('max_seq_length', 128, 'Tokens per example.')
+  flags.DEFINE_integer('seq_len', 128, 'Tokens per example (the configs\' train.seq_len).')
   flags.DEFINE_integer('num_shards', 8, 'Output shards.')
   flags.DEFINE_integer('num_workers', os.cpu_count() or 1, 'Worker processes.')
   flags.DEFINE_integer('seed', 0, 'Shuffling and eval-split seed.')
@@ -521,7 +521,7 @@ def main(argv) -> None:
   out = Path(f.output)
   if f.overwrite and out.exists():
     shutil.rmtree(out)
-  meta = build_pretraining_data(f.input, tok, out, f.max_seq_length, f.num_shards,
+  meta = build_pretraining_data(f.input, tok, out, f.seq_len, f.num_shards,
                                 f.num_workers, f.seed, f.eval_fraction, f.tfds_data_dir,
                                 f.cache_dir)
   rate = meta['num_text_tokens'] / max(meta['build_seconds'], 1e-9)

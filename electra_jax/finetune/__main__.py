@@ -1,7 +1,7 @@
 r"""Fine-tune on a downstream task (GLUE, SQuAD, chunking).
 
   python -m electra_jax.finetune --config=configs/finetune.py:task=rte,size=small \
-      --config.init_checkpoint=runs/small/export --config.data.data_dir=PATH/TO/glue \
+      --config.train.init_from=runs/small/export --config.data.data_dir=PATH/TO/glue \
       --workdir=runs/rte
 
 One seed runs electra_jax.finetune.loop.finetune_and_evaluate; config.num_seeds > 1

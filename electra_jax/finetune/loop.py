@@ -91,9 +91,9 @@ def load_features(task, config, tokenizer, split: str, train: bool,
   examples = task.load_examples(source, split, data_dir)
   if max_examples:
     examples = examples[:max_examples]
-  feats = task.featurize(examples, tokenizer, config.train.max_seq_length, train)
-  log.info('%s/%s: %d examples -> %d features; %d truncated (max_seq_length=%d)', task.name,
-           split, len(examples), len(feats), feats.num_truncated, config.train.max_seq_length)
+  feats = task.featurize(examples, tokenizer, config.train.seq_len, train)
+  log.info('%s/%s: %d examples -> %d features; %d truncated (train.seq_len=%d)', task.name,
+           split, len(examples), len(feats), feats.num_truncated, config.train.seq_len)
   return feats
 
 
@@ -266,7 +266,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   task = build_task(config)
-  ckpt = weights.load(config.init_checkpoint) if config.init_checkpoint else None
+  ckpt = weights.load(config.train.init_from) if config.train.init_from else None
   tokenizer = load_tokenizer(config, ckpt)
 
   model_dict = dict(config.model)
@@ -301,17 +301,17 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
   rng = jax.random.key(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
   params_shape = nn.meta.unbox(jax.eval_shape(
-      functools.partial(_init_params, model, config.train.max_seq_length), init_rng))
+      functools.partial(_init_params, model, config.train.seq_len), init_rng))
   tx, schedule = make_optimizer(config, params_shape, model_cfg.num_layers, num_steps)
   state, shardings, missing, unexpected = create_state(
-      model, tx, mesh, config.train.max_seq_length, init_rng,
+      model, tx, mesh, config.train.seq_len, init_rng,
       None if ckpt is None else ckpt.params)
   if ckpt is not None:
     log.info('init from %s (%s): %d missing keys (initialised at random): %s', ckpt.path,
              ckpt.kind, len(missing), missing)
     log.info('%d unexpected keys (ignored): %s', len(unexpected), unexpected)
   else:
-    log.info('random initialisation (no init_checkpoint)')
+    log.info('random initialisation (no train.init_from)')
   log.info('model: %d parameters; %d steps (%g epochs x %d steps), lr %g, layer decay %g',
            heads.count_params(state.params), num_steps, epochs, steps_per_epoch,
            config.optimizer.learning_rate, config.optimizer.layerwise_lr_decay)
@@ -364,7 +364,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
   main = task.main_metric
   best = max(history, key=lambda r: r[eval_splits[0]][main]) if history else {}
   results = {
-      'task': task.name, 'seed': config.seed, 'init_checkpoint': config.init_checkpoint,
+      'task': task.name, 'seed': config.seed, 'init_from': config.train.init_from,
       'init_kind': 'random' if ckpt is None else ckpt.kind,
       'model': dataclasses.asdict(model_cfg), 'num_params': heads.count_params(state.params),
       'missing_keys': missing, 'unexpected_keys': unexpected,

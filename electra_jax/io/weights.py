@@ -74,7 +74,7 @@ def _tf1_index(p: Path) -> bool:
   return p.parent.is_dir() and any(p.parent.glob(p.name + '.index'))
 
 
-def detect(path, setting: str = 'init_checkpoint') -> str:
+def detect(path, setting: str = 'train.init_from') -> str:
   """The format of `path`, one of FORMATS; FileNotFoundError naming `setting` if none fits."""
   p = Path(path).expanduser()
   if (p / 'model_config.json').is_file():
@@ -93,7 +93,7 @@ def detect(path, setting: str = 'init_checkpoint') -> str:
       f'{" or ".join(_HF_WEIGHTS)}) or a TF1 checkpoint (*.index)')
 
 
-def load(path, tree: str = 'model', *, setting: str = 'init_checkpoint') -> Pretrained:
+def load(path, tree: str = 'model', *, setting: str = 'train.init_from') -> Pretrained:
   """The weights at `path` (see the module docstring), cut to `tree`.
 
   tree: 'model' (the discriminator's encoder, what fine-tuning starts from) or
@@ -178,7 +178,7 @@ def load_tokenizer(vocab: str, ckpt: Pretrained | None,
     log.info('vocab of %s: %d tokens, lowercase=%s', ckpt.path, tok.vocab_size, lowercase)
     return tok
   else:
-    where = f'init_checkpoint {ckpt.path} has no vocab.txt' if ckpt else 'random init'
+    where = f'train.init_from={ckpt.path} has no vocab.txt' if ckpt else 'random init'
     raise ValueError(f'no vocab: {where}; set --config.data.vocab=/path/to/vocab.txt '
                      f'(e.g. bert-base-uncased-vocab.txt) or --config.data.vocab=builtin')
   if not Path(path).is_file():
@@ -237,9 +237,8 @@ def load_electra_jax(path: str | os.PathLike, kind: str | None = None) -> common
   'generator' or 'pretrainer').
   """
   p = Path(path)
-  from electra_jax.io import checkpoint  # pylint: disable=import-outside-toplevel  (orbax)
   if (p / 'config.json').is_file() and (p / 'checkpoints').is_dir():
-    meta, params = checkpoint.load_pretraining_checkpoint(p, 'pretrainer')
+    meta, params = load_pretraining_checkpoint(p, 'pretrainer')
     run = json.loads((p / 'config.json').read_text())
     conv = Converted('pretrainer', meta['model'], common.to_numpy(params),
                      tokens=meta.get('tokens') or run.get('tokens'),

@@ -268,7 +268,7 @@ def init_from_pretrained(config, model, tx, mesh, path, tokenizer) -> TrainState
   `generator/`, an original TF1 ELECTRA checkpoint). The weights must fit
   config.model and the data's vocab.
   """
-  ckpt = weights.load(path, 'pretrainer', setting='train.init_from')
+  ckpt = weights.load(path, 'pretrainer')
   if ckpt.vocab_tokens is not None and list(ckpt.vocab_tokens) != list(tokenizer.tokens):
     raise ValueError(f'vocab mismatch: train.init_from={path} was trained with a different '
                      f'vocabulary ({len(ckpt.vocab_tokens)} tokens) than config.data.vocab '
