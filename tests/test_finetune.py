@@ -40,7 +40,7 @@ def _config(task, tmp_path, **overrides):
   c.data.data_dir = str(tmp_path / 'data')
   c.model.update(dict(embedding_size=16, hidden_size=32, num_layers=1, num_heads=2,
                       intermediate_size=64, max_position_embeddings=64))
-  c.train.update(dict(batch_size=16, eval_batch_size=16, max_seq_length=32, log_every=1000))
+  c.train.update(dict(batch_size=16, eval_batch_size=16, seq_len=32, log_every=1000))
   c.update_from_flattened_dict(overrides)  # {'train.seq_len': 32, ...}
   return c
 
