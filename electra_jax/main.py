@@ -51,6 +51,10 @@ def main(argv):
     return
   wd = summary.get('workdir', FLAGS.workdir)
   export = summary.get('export_dir')
+  if summary.get('eval'):
+    from electra_jax.pretrain import evaluation  # pylint: disable=g-import-not-at-top
+    print(f'\nHeld-out at step {summary["step"]}: ' + evaluation.describe(summary['eval']))
+    print(summary['verdict'])
   print('\nDone. Outputs in', wd)
   for name, path in (('metrics', os.path.join(wd, 'metrics.jsonl')),
                      ('eval metrics', os.path.join(wd, 'eval.jsonl')),

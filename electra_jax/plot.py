@@ -34,6 +34,14 @@ PANELS = (
     ('eval precision / recall', 'eval', ('eval_disc_precision', 'eval_disc_recall')),
 )
 
+# Trivial baselines drawn as dashed lines on the eval panels: a key of eval.jsonl
+# (written by pretrain_eval.evaluate) or a constant.
+BASELINES = {
+    'eval_gen_accuracy': ('unigram', 'eval_baseline_gen_accuracy'),
+    'eval_disc_accuracy': ('all original', 'eval_baseline_disc_accuracy'),
+    'eval_disc_auc': ('chance', 0.5),
+}
+
 
 def _series(records: list[dict], key: str):
   xs, ys = [], []
@@ -80,11 +88,18 @@ def plot_workdirs(workdirs: Sequence, out, smooth: int = 1) -> Path:
           ys = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1])
                 for i in range(len(ys))]
         label = name if len(keys) == 1 else f'{name} {key.rsplit("_", 1)[-1]}'
-        ax.plot(xs, ys, label=label, marker='o' if split == 'eval' else None, markersize=3)
+        line, = ax.plot(xs, ys, label=label, marker='o' if split == 'eval' else None,
+                        markersize=3)
+        if key in BASELINES:
+          base_name, base = BASELINES[key]
+          bx, by = (xs, [base] * len(xs)) if isinstance(base, float) else _series(recs[split], base)
+          if bx:
+            ax.plot(bx, by, linestyle='--', color=line.get_color(), alpha=0.6,
+                    label=f'{name} {base_name}' if len(runs) > 1 else base_name)
     ax.set_title(title)
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
-    if len(runs) > 1 or len(keys) > 1:
+    if len(runs) > 1 or len(keys) > 1 or any(k in BASELINES for k in keys):
       ax.legend(fontsize=7)
   for ax in list(axes.flat)[len(panels):]:
     ax.axis('off')

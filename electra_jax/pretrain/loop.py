@@ -351,6 +351,9 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   if t.eval_batches and not eval_batches:
     logging.warning('no held-out data (data.eval_fraction=%s); periodic evaluation is off',
                     config.data.eval_fraction)
+  elif len(eval_batches) < t.eval_batches:
+    _print(f'note: the held-out set has {len(eval_batches)} batches of {t.eval_batch_size}, '
+           f'fewer than train.eval_batches={t.eval_batches} (raise data.eval_fraction for more)')
   writer = runlog.MetricsWriter(workdir)
   tokens_per_batch = t.batch_size * t.seq_len
   summary = {'step': start, 'train': {}, 'eval': {}, 'preempted': None, 'skipped_steps': 0,
@@ -361,9 +364,7 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
                                obj_cfg)
     writer.write(step, m, split='eval')
     summary['eval'] = m
-    _print(f'eval  step {step:>7}: ' + _fmt(m, ('eval_loss', 'eval_gen_accuracy',
-                                                  'eval_disc_accuracy', 'eval_disc_precision',
-                                                  'eval_disc_recall', 'eval_disc_auc')))
+    _print(f'eval  step {step:>7}: ' + evaluation.describe(m))
 
   clock = {'time': time.perf_counter(), 'step': start}
   bar = tqdm(total=t.num_steps, initial=start, unit='step', dynamic_ncols=True, smoothing=0.1,
@@ -442,6 +443,8 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   summary['export_dir'] = str(export(workdir, config, state.params, step, data.tokenizer))
   if jax.process_index() == 0:
     summary['curves'] = str(plot.plot_workdirs([workdir], workdir / 'curves.png'))
+  if summary['eval']:
+    summary['verdict'] = evaluation.verdict(summary['eval'])
   return summary
 
 
