@@ -52,6 +52,10 @@ def test_trains_end_to_end_through_main(corpus, tmp_path):  # noqa: F811
   assert (wd / 'curves.png').stat().st_size > 0
   # The user is told where things are and what to run next.
   assert 'train step       6:' in r.stdout and 'eval  step       6:' in r.stdout
+  # Each eval names its size and baselines; the run ends with a verdict on the discriminator.
+  assert '(unigram ' in r.stdout and '(chance 0.5)' in r.stdout
+  assert 'Held-out at step 6:' in r.stdout and 'The discriminator ' in r.stdout
+  assert {'eval_baseline_gen_accuracy', 'eval_disc_auc_stderr'} <= set(eval_recs[-1])
   assert f'--config.train.init_from={wd / "export"}' in r.stdout
 
   # The export loads, has the ElectraModel structure, and equals the last checkpoint's cut.
