@@ -133,6 +133,10 @@ def get_config(arg=None):
       checkpoint_every=1000,
       keep_checkpoints=3,
       nan_policy='stop',  # stop | skip (skip the update, keep going)
+      # skip: the run stops (as with stop) once more than this share of the last
+      # `skip_window` steps (or of all steps, in a shorter run) was skipped.
+      max_skipped_fraction=0.1,
+      skip_window=100,
       # Continue pre-training from these weights when the workdir has no checkpoint:
       # an electra_jax export dir, an HF dir with discriminator/ + generator/, or
       # a TF1 ELECTRA checkpoint ('' = random init).
@@ -152,6 +156,11 @@ def get_config(arg=None):
       num_shards=8,
       num_workers=2,
       tfds_data_dir='',
+      # The data build stops with an error when more than this share of the lines is not
+      # valid UTF-8, or of the tokens is cut away to fit train.seq_len (a line far longer
+      # than an example), and when it yields fewer examples than one global batch.
+      max_undecodable_fraction=0.5,
+      max_truncated_fraction=0.5,
   ))
 
   if arg.size == 'tiny':

@@ -56,6 +56,9 @@ def main(argv):
     print(f'\nHeld-out at step {summary["step"]}: ' + evaluation.describe(summary['eval']))
     print(summary['verdict'])
   print('\nDone. Outputs in', wd)
+  if summary.get('skipped_steps'):
+    print(f'  note: {summary["skipped_steps"]} step(s) had a non-finite loss or gradient and were '
+          'skipped (train.nan_policy=skip); see skipped_steps in metrics.jsonl')
   for name, path in (('metrics', os.path.join(wd, 'metrics.jsonl')),
                      ('eval metrics', os.path.join(wd, 'eval.jsonl')),
                      ('TensorBoard', os.path.join(wd, 'tensorboard')),

@@ -9,9 +9,10 @@
     cache_dir(flag_value)                       # --cache_dir, else $ELECTRA_JAX_CACHE, else
                                                 # ~/.cache/electra_jax
 
-Files are appended to, so a resumed run continues the same logs; `read_jsonl`
-keeps the last record of each step, so the steps a killed run logged after its
-last checkpoint (and logs again after resuming) appear once.
+Files are appended to, so a resumed run continues the same logs. A resumed run first
+drops the records after the step it resumes from (electra_jax.rundir.truncate_jsonl), so
+the steps a killed run logged after its last checkpoint, or those of checkpoints it fell
+back past, appear once; `read_jsonl` also keeps only the last record of each step.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class JsonlWriter:
 class MetricsWriter:
   """Appends scalars to workdir/{metrics,eval}.jsonl and TensorBoard event files."""
 
-  def __init__(self, workdir, tensorboard: bool = True):
+  def __init__(self, workdir, tensorboard: bool = True, purge_step: int | None = None):
+    """purge_step: a resumed run's first step; TensorBoard hides older events from that on."""
     import jax  # pylint: disable=g-import-not-at-top
     self.workdir = Path(workdir)
     self.active = jax.process_index() == 0
@@ -72,7 +74,8 @@ class MetricsWriter:
       self._files[split] = JsonlWriter(self.workdir / name)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(str(self.workdir / 'tensorboard'))
+      self._tb = SummaryWriter(str(self.workdir / 'tensorboard'),
+                               purge_step=purge_step if purge_step and purge_step > 1 else None)
 
   def write(self, step: int, scalars: dict, split: str = 'train') -> None:
     if not self.active:

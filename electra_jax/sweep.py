@@ -184,17 +184,9 @@ def _run(cmd: list[str], log_path: Path, dry_run: bool) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-  if not path.is_file():
-    return []
-  rows = []
-  for line in path.read_text().splitlines():
-    line = line.strip()
-    if line:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue  # a line cut by an interruption
-  return rows
+  """Records in step order, one per step (the last written): a resumed run's redone steps once."""
+  from electra_jax import runlog  # pylint: disable=g-import-not-at-top
+  return runlog.read_jsonl(path)
 
 
 def finetune_scores(task_dir: Path) -> dict:
@@ -396,13 +388,29 @@ def run_sweep(config_path: str, root: Path, *, parallel: int = 1, only=(), dry_r
       raise ValueError(f'--only {unknown}: no such trials; expected some of '
                        f'{[t.name for t in trials]}')
     trials = [t for t in trials if t.name in only]
-  root.mkdir(parents=True, exist_ok=True)
   from electra_jax.pretrain import flops  # pylint: disable=g-import-not-at-top
   for t in trials:  # fail fast on bad keys before any run
     c = resolved_config(module, t)
     print(f'  {t.name}: {c.objective.name}, {c.train.num_steps} steps, '
           f'{flops.train_flops_per_step(c) * c.train.num_steps:.3g} pre-training FLOPs',
           flush=True)
+  if dry_run:
+    root.mkdir(parents=True, exist_ok=True)
+    return _run_trials(module, config_path, trials, root, parallel=parallel, dry_run=True,
+                       report_only=report_only, pretrain_only=pretrain_only, main_cmd=main_cmd,
+                       finetune_cmd=finetune_cmd)
+  from electra_jax import rundir  # pylint: disable=g-import-not-at-top
+  root.parent.mkdir(parents=True, exist_ok=True)
+  with rundir.RunStart(rundir.check_workdir(root), 'sweep') as start:  # one sweep per root
+    start.started()
+    return _run_trials(module, config_path, trials, root, parallel=parallel, dry_run=False,
+                       report_only=report_only, pretrain_only=pretrain_only, main_cmd=main_cmd,
+                       finetune_cmd=finetune_cmd)
+
+
+def _run_trials(module, config_path: str, trials: list[Trial], root: Path, *, parallel: int,
+                dry_run: bool, report_only: bool, pretrain_only: bool, main_cmd: str,
+                finetune_cmd: str) -> list[dict]:
   if not report_only:
     print(f'{len(trials)} trials, {parallel} at a time, in {root}', flush=True)
     run = lambda t: run_trial(module, config_path, t, root, main_cmd=main_cmd,

@@ -155,10 +155,14 @@ def test_non_finite_loss_stops_or_skips(corpus, tmp_path, policy):  # noqa: F811
     steps = sorted(int(p.name) for p in (wd / 'checkpoints').iterdir() if p.name.isdigit())
     assert steps == [1]  # the non-finite state was never saved
   else:
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    # Skipped steps count; past train.max_skipped_fraction (0.1 of the 4-step window: the
+    # first skip) the run stops as with stop, naming the limit.
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-3000:]
+    err = [l for l in r.stderr.splitlines() if l.startswith('error:')]
+    assert len(err) == 1 and 'train.max_skipped_fraction=0.1' in err[0], r.stderr[-3000:]
+    assert '1 of the last 4 steps (up to step 2)' in err[0]
     recs = runlog.read_jsonl(wd / 'metrics.jsonl')
-    assert [x['finite'] for x in recs] == [1, 0, 0, 0]
-    assert recs[-1]['skipped_steps'] == 3
+    assert [x['finite'] for x in recs] == [1, 0]
 
 
 def test_continued_pretraining_from_an_export(corpus, tmp_path):  # noqa: F811

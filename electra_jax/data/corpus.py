@@ -318,6 +318,9 @@ def _process_unit(args) -> dict:
       ex.append(e)
     empty_docs += doc_tokens == 0
   out['empty_documents'] = empty_docs
+  # Tokens the examples could not hold: ExampleBuilder cuts each example to max_seq_length.
+  out['num_truncated_tokens'] = out['num_text_tokens'] - sum(
+      len(a) + len(b) for s in _SPLITS for a, b in examples[s])
   cls, sep = tok.cls_id, tok.sep_id
   for s in _SPLITS:
     # [CLS] A [SEP] (B [SEP]); segment ids 0 up to and including the first [SEP], then 1.
@@ -378,16 +381,54 @@ class _ShardWriter:
       w.close()
 
 
+# Defaults of the builder's quality limits (config.data.max_undecodable_fraction, ...).
+MAX_UNDECODABLE_FRACTION = 0.5
+MAX_TRUNCATED_FRACTION = 0.5
+
+
+def check_quality(meta: dict, desc: str, max_undecodable_fraction: float = MAX_UNDECODABLE_FRACTION,
+                  max_truncated_fraction: float = MAX_TRUNCATED_FRACTION,
+                  names: tuple[str, str] = ('data.max_undecodable_fraction',
+                                            'data.max_truncated_fraction')) -> None:
+  """Refuses a build that dropped more than the limits allow (each limit named in the error).
+
+  meta: a metadata.json dict (or the builder's totals). Caches written before these counts
+  existed lack them and pass.
+  """
+  bad, lines = meta.get('invalid_utf8_lines', 0), meta.get('num_lines')
+  if lines is not None and bad and bad / (bad + lines) > max_undecodable_fraction:
+    raise ValueError(
+        f'{desc}: {bad} of {bad + lines} lines ({bad / (bad + lines):.1%}) are not valid UTF-8'
+        + (f' (first at {meta["first_invalid"]})' if meta.get('first_invalid') else '')
+        + f', more than {names[0]}={max_undecodable_fraction}; is it a text corpus? (raise '
+        f'{names[0]} to build from the valid lines)')
+  cut, total = meta.get('num_truncated_tokens'), meta.get('num_text_tokens', 0)
+  if cut is not None and total and cut / total > max_truncated_fraction:
+    raise ValueError(
+        f'{desc}: {cut} of its {total} tokens ({cut / total:.1%}) do not fit in the examples of '
+        f'max_seq_length={meta.get("max_seq_length")} and would be dropped, more than '
+        f'{names[1]}={max_truncated_fraction}; the text has lines far longer than an example '
+        '(split it into sentences or paragraphs, one per line)')
+
+
 def build_pretraining_data(source: str, tokenizer: tok_lib.WordPieceTokenizer, output_dir,
                            max_seq_length: int = 128, num_shards: int = 8, num_workers: int = 1,
                            seed: int = 0, eval_fraction: float = 0.0, tfds_data_dir: str = '',
-                           cache_dir: str | None = None, progress: bool = True) -> dict:
+                           cache_dir: str | None = None, progress: bool = True,
+                           max_undecodable_fraction: float = MAX_UNDECODABLE_FRACTION,
+                           max_truncated_fraction: float = MAX_TRUNCATED_FRACTION,
+                           min_examples: int = 1, limit_names: tuple[str, ...] | None = None) -> dict:
   """Builds the shards of `source` into `output_dir` (must be absent or empty).
 
   Returns the train split's metadata dict (also written to output_dir/metadata.json). Raises
   FileNotFoundError / ValueError with a one-line message for a missing path, an empty corpus,
-  documents too short to make an example, or an unavailable TFDS dataset. Invalid UTF-8 lines
-  are skipped, counted in the metadata and reported on stderr.
+  documents too short to make an example, or an unavailable TFDS dataset. What was dropped
+  (invalid UTF-8 lines, tokens cut by the length limit, empty documents) is counted in the
+  metadata and reported on stderr; the build stops with an error naming the limit when more
+  than `max_undecodable_fraction` of the lines are not UTF-8, more than
+  `max_truncated_fraction` of the tokens are cut, or fewer than `min_examples` training
+  examples come out. `limit_names`: how the error names the three limits (the config keys
+  or the command-line flags).
   """
   if max_seq_length < 5:
     raise ValueError(f'max_seq_length={max_seq_length} is too small; expected >= 5')
@@ -402,7 +443,10 @@ def build_pretraining_data(source: str, tokenizer: tok_lib.WordPieceTokenizer, o
   created = not output_dir.exists()
   try:
     return _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length, num_shards,
-                  num_workers, seed, eval_fraction, progress)
+                  num_workers, seed, eval_fraction, progress,
+                  dict(max_undecodable_fraction=max_undecodable_fraction,
+                       max_truncated_fraction=max_truncated_fraction, min_examples=min_examples,
+                       names=limit_names or LIMIT_FLAGS))
   except BaseException:
     # Never leave half-written shards behind in a directory that was empty before.
     if created:
@@ -413,8 +457,12 @@ def build_pretraining_data(source: str, tokenizer: tok_lib.WordPieceTokenizer, o
     raise
 
 
+LIMIT_FLAGS = ('--max_undecodable_fraction', '--max_truncated_fraction', '--min_examples')
+LIMIT_KEYS = ('data.max_undecodable_fraction', 'data.max_truncated_fraction', 'train.batch_size')
+
+
 def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length, num_shards,
-           num_workers, seed, eval_fraction, progress) -> dict:
+           num_workers, seed, eval_fraction, progress, limits) -> dict:
   writers = {'train': _ShardWriter(output_dir, 'train', num_shards)}
   if eval_fraction > 0:
     writers['eval'] = _ShardWriter(output_dir / 'eval', 'eval', max(1, min(num_shards, 4)))
@@ -437,7 +485,8 @@ def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length
       pool = multiprocessing.get_context('spawn').Pool(num_workers, _init_worker, init + (threads,))
       results = _ordered_map(_process_unit, enumerate(units), pool, window=2 * num_workers)
     for r in results:
-      for k in ('invalid_utf8_lines', 'num_documents', 'num_lines', 'num_text_tokens', 'empty_documents'):
+      for k in ('invalid_utf8_lines', 'num_documents', 'num_lines', 'num_text_tokens',
+                'empty_documents', 'num_truncated_tokens'):
         totals[k] += r[k]
       first_invalid = first_invalid or r['first_invalid']
       for s, w in writers.items():
@@ -455,9 +504,11 @@ def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length
       pool.terminate()
   elapsed = time.perf_counter() - start
 
-  if totals['invalid_utf8_lines']:
-    print(f'warning: skipped {totals["invalid_utf8_lines"]} line(s) of invalid UTF-8 in {desc} '
-          f'(first at {first_invalid})', file=sys.stderr)
+  report_drops(desc, totals, first_invalid, max_seq_length)
+  names = limits['names']
+  check_quality({**totals, 'first_invalid': first_invalid, 'max_seq_length': max_seq_length},
+                desc, limits['max_undecodable_fraction'], limits['max_truncated_fraction'],
+                names[:2])
   if totals['num_lines'] == 0:
     raise ValueError(f'empty corpus: {desc} has no non-blank line'
                      + (f' of valid UTF-8 (first invalid at {first_invalid})' if first_invalid else ''))
@@ -465,6 +516,10 @@ def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length
     raise ValueError(f'{desc}: its {totals["num_documents"]} document(s) are too short to make any '
                      f'training example ({totals["empty_documents"]} have no token after tokenization'
                      + (f', eval_fraction={eval_fraction} held out the rest' if eval_fraction else '') + ')')
+  if writers['train'].num_examples < limits['min_examples']:
+    raise ValueError(f'{desc} gave {writers["train"].num_examples} training example(s), fewer than '
+                     f'one global batch ({names[2]}={limits["min_examples"]}); add text, or lower '
+                     f'{names[2]}')
   meta = None
   for s, w in writers.items():
     m = {
@@ -477,7 +532,8 @@ def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length
         'num_tokens': w.num_tokens, 'num_single_segment': w.num_single_segment,
         'num_shards': len(w.names), 'shards': w.names, 'eval_fraction': eval_fraction,
         'num_documents': totals['num_documents'], 'num_text_tokens': totals['num_text_tokens'],
-        'num_empty_documents': totals['empty_documents'],
+        'num_empty_documents': totals['empty_documents'], 'num_lines': totals['num_lines'],
+        'num_truncated_tokens': totals['num_truncated_tokens'],
         'invalid_utf8_lines': totals['invalid_utf8_lines'], 'build_seconds': round(elapsed, 3),
     }
     d = output_dir if s == 'train' else output_dir / 'eval'
@@ -488,6 +544,23 @@ def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length
     m['build_seconds'] = timing['build_seconds']
     meta = meta or m
   return meta
+
+
+def report_drops(desc: str, totals: dict, first_invalid: str | None, max_seq_length: int) -> None:
+  """One stderr line saying what the build dropped and why (nothing when nothing was)."""
+  parts = []
+  bad, lines = totals['invalid_utf8_lines'], totals['num_lines']
+  if bad:
+    parts.append(f'{bad} of {bad + lines} lines ({bad / (bad + lines):.1%}) of invalid UTF-8 '
+                 f'(first at {first_invalid})')
+  cut, total = totals['num_truncated_tokens'], totals['num_text_tokens']
+  if cut and total:
+    parts.append(f'{cut} of {total} tokens ({cut / total:.1%}) cut to fit max_seq_length='
+                 f'{max_seq_length}')
+  if totals['empty_documents']:
+    parts.append(f'{totals["empty_documents"]} document(s) with no token')
+  if parts:
+    print(f'{desc}: dropped ' + '; '.join(parts), file=sys.stderr, flush=True)
 
 
 def define_flags():
@@ -505,6 +578,12 @@ def define_flags():
   flags.DEFINE_string('cache_dir', None, 'Where the builtin corpus and vocab are cached '
                       '(default $ELECTRA_JAX_CACHE or ~/.cache/electra_jax).')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing output directory.')
+  flags.DEFINE_float('max_undecodable_fraction', MAX_UNDECODABLE_FRACTION,
+                     'Stop when more than this share of the lines is not valid UTF-8.')
+  flags.DEFINE_float('max_truncated_fraction', MAX_TRUNCATED_FRACTION,
+                     'Stop when more than this share of the tokens would be cut away.')
+  flags.DEFINE_integer('min_examples', 1,
+                       'Stop when fewer training examples come out (e.g. one global batch).')
 
 
 def main(argv) -> None:
@@ -523,7 +602,9 @@ def main(argv) -> None:
     shutil.rmtree(out)
   meta = build_pretraining_data(f.input, tok, out, f.seq_len, f.num_shards,
                                 f.num_workers, f.seed, f.eval_fraction, f.tfds_data_dir,
-                                f.cache_dir)
+                                f.cache_dir, max_undecodable_fraction=f.max_undecodable_fraction,
+                                max_truncated_fraction=f.max_truncated_fraction,
+                                min_examples=f.min_examples)
   rate = meta['num_text_tokens'] / max(meta['build_seconds'], 1e-9)
   print(f'wrote {meta["num_examples"]} examples ({meta["num_tokens"]} tokens) in {meta["num_shards"]} '
         f'shards to {f.output} in {meta["build_seconds"]:.1f}s ({rate / 1e6:.2f}M text tokens/s)')

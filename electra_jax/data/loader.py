@@ -20,6 +20,7 @@ atomically) or reuses the shards of a data config and returns the train/eval loa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,8 +44,12 @@ def read_metadata(data_dir: str | os.PathLike) -> dict:
   path = Path(data_dir) / 'metadata.json'
   if not path.is_file():
     raise FileNotFoundError(f'{path} not found; expected a directory built by electra_jax.data.corpus')
-  meta = json.loads(path.read_text())
-  if meta.get('format') != corpus.RECORD_FORMAT:
+  try:
+    meta = json.loads(path.read_text(encoding='utf-8'))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f'{path} is truncated or corrupt ({type(e).__name__}: {e}); delete '
+                     f'{path.parent} to rebuild it') from None
+  if not isinstance(meta, dict) or meta.get('format') != corpus.RECORD_FORMAT:
     raise ValueError(f'{path}: record format {meta.get("format")!r}, expected {corpus.RECORD_FORMAT!r}')
   return meta
 
@@ -65,23 +70,30 @@ def load_examples(data_dir: str | os.PathLike, meta: dict) -> tuple[np.ndarray, 
     path = Path(data_dir) / name
     if not path.is_file():
       raise FileNotFoundError(f'shard {path} listed in metadata.json is missing')
-    reader = ArrayRecordReader(str(path))
     try:
-      records = reader.read_all()
-    finally:
-      reader.close()
+      reader = ArrayRecordReader(str(path))
+      try:
+        records = reader.read_all()
+      finally:
+        reader.close()
+    except Exception as e:  # noqa: BLE001 -- riegeli / absl status errors of a cut or garbled file
+      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      raise ValueError(f'data shard {path} is truncated or corrupt ({first}); delete '
+                       f'{Path(data_dir)} to rebuild it') from None
     for r, rec in enumerate(records):
       k = r * len(shards) + j
       arr = np.frombuffer(rec, '<i4')
       m = arr.size // 2
       if k >= n or m > s or arr.size != 2 * m:
-        raise ValueError(f'{path}: record {r} does not fit metadata (num_examples={n}, max_seq_length={s})')
+        raise ValueError(f'{path}: record {r} does not fit metadata (num_examples={n}, max_seq_length={s}); '
+                         f'delete {Path(data_dir)} to rebuild it')
       ids[k, :m] = arr[:m]
       seg[k, :m] = arr[m:]
       lengths[k] = m
     seen += len(records)
   if seen != n:
-    raise ValueError(f'{data_dir}: shards hold {seen} examples but metadata.json says {n}')
+    raise ValueError(f'{data_dir}: shards hold {seen} examples but metadata.json says {n}; '
+                     f'delete {data_dir} to rebuild it')
   return ids, seg, lengths
 
 
@@ -207,6 +219,85 @@ class PretrainingLoader:
 
 # ---------------------------------------------------------------------- runtime entry
 
+STALE_UNLOCKED_BUILD_S = 3600  # a .tmp-pretrain-* without a lock file (older versions) is stale after
+
+
+class _BuildLock:
+  """Holds an flock on `<tmp>.lock` while a cache build writes `tmp`; see clean_stale_builds."""
+
+  def __init__(self, tmp: Path):
+    self.path = tmp.with_name(tmp.name + '.lock')
+    self._fd = None
+
+  def __enter__(self):
+    import fcntl
+    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(self._fd, fcntl.LOCK_EX)
+    return self
+
+  def __exit__(self, *exc):
+    try:
+      self.path.unlink()
+    except OSError:
+      pass
+    os.close(self._fd)
+
+
+def clean_stale_builds(cache_root: Path) -> list[Path]:
+  """Removes the `.tmp-pretrain-*` folders of builds that were killed; returns them.
+
+  A live build holds an flock on its `.lock` file next to the folder (released by the kernel
+  when the process dies), so only dead builds' folders are removed, even when several hosts
+  or runs share the cache. A folder without a lock file (an older version's) goes once it is
+  an hour old.
+  """
+  import fcntl
+  import time
+  removed = []
+  for tmp in sorted(Path(cache_root).glob('.tmp-pretrain-*')):
+    if tmp.name.endswith('.lock'):
+      if not tmp.with_suffix('').exists():  # a build killed before it made its folder
+        with contextlib.suppress(OSError):
+          fd = os.open(tmp, os.O_RDWR)
+          try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tmp.unlink()
+          finally:
+            os.close(fd)
+      continue
+    if not tmp.is_dir():
+      continue
+    lock = tmp.with_name(tmp.name + '.lock')
+    try:
+      fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+      try:
+        stale = time.time() - tmp.stat().st_mtime > STALE_UNLOCKED_BUILD_S
+      except FileNotFoundError:
+        continue
+      if stale:
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+      continue
+    try:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError:
+        continue  # a build in progress
+      shutil.rmtree(tmp, ignore_errors=True)
+      removed.append(tmp)
+      try:
+        lock.unlink()
+      except OSError:
+        pass
+    finally:
+      os.close(fd)
+  if removed:
+    print(f'removed {len(removed)} folder(s) of killed data builds: '
+          + ', '.join(p.name for p in removed), file=sys.stderr)
+  return removed
+
+
 
 @dataclasses.dataclass
 class PretrainingData:
@@ -232,8 +323,26 @@ def _source_fingerprint(source: str, tfds_data_dir: str, cache_root: Path) -> An
   return [source] + [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files]
 
 
+def load_tokenizer(data_config, cache_root: str | os.PathLike | None = None
+                   ) -> tuple[tok_lib.WordPieceTokenizer, Path]:
+  """(tokenizer, vocab file) of a data config: data.vocab is a vocab.txt path or 'builtin'."""
+  if not str(data_config.vocab).strip():
+    raise ValueError("data.vocab is empty; set --config.data.vocab (a vocab.txt path, or "
+                     "'builtin')")
+  if data_config.vocab == 'builtin':
+    from electra_jax.data import builtin_corpus
+    cache_root = runlog.cache_dir(cache_root)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    vocab_path = builtin_corpus.builtin_vocab(cache_root)
+  else:
+    vocab_path = Path(data_config.vocab).expanduser()
+  tokenizer = tok_lib.WordPieceTokenizer.from_vocab(vocab_path, lowercase=bool(data_config.lowercase))
+  return tokenizer, Path(vocab_path)
+
+
 def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eval_batch_size: int,
-                          seed: int, cache_root: str | os.PathLike | None) -> PretrainingData:
+                          seed: int, cache_root: str | os.PathLike | None,
+                          tokenizer: tok_lib.WordPieceTokenizer | None = None) -> PretrainingData:
   """Builds (once) or reuses the shards for `data_config` and returns the loaders.
 
   data_config keys: source, vocab ('builtin' or a vocab.txt path), lowercase, eval_fraction,
@@ -255,12 +364,8 @@ def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eva
   cache_root = runlog.cache_dir(cache_root)
   cache_root.mkdir(parents=True, exist_ok=True)
   tfds_data_dir = str(data_config['tfds_data_dir']) if 'tfds_data_dir' in data_config else ''
-  if data_config.vocab == 'builtin':
-    from electra_jax.data import builtin_corpus
-    vocab_path = builtin_corpus.builtin_vocab(cache_root)
-  else:
-    vocab_path = data_config.vocab
-  tokenizer = tok_lib.WordPieceTokenizer.from_vocab(vocab_path, lowercase=bool(data_config.lowercase))
+  if tokenizer is None:
+    tokenizer, _ = load_tokenizer(data_config, cache_root)
   key = {
       'format': corpus.RECORD_FORMAT,
       'source': _source_fingerprint(data_config.source, tfds_data_dir, cache_root),
@@ -271,23 +376,38 @@ def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eva
   data_dir = cache_root / f'pretrain-{digest}'
   import jax
   process_index, process_count = jax.process_index(), jax.process_count()
+  limits = dict(max_undecodable_fraction=float(data_config.get(
+      'max_undecodable_fraction', corpus.MAX_UNDECODABLE_FRACTION)),
+                max_truncated_fraction=float(data_config.get(
+                    'max_truncated_fraction', corpus.MAX_TRUNCATED_FRACTION)))
   if not (data_dir / 'metadata.json').is_file():
+    clean_stale_builds(cache_root)
     tmp = cache_root / f'.tmp-pretrain-{digest}-{uuid.uuid4().hex[:8]}'
-    try:
-      corpus.build_pretraining_data(
-          data_config.source, tokenizer, tmp, max_seq_length=seq_len,
-          num_shards=int(data_config.num_shards), num_workers=int(data_config.num_workers),
-          seed=seed, eval_fraction=float(data_config.eval_fraction), tfds_data_dir=tfds_data_dir,
-          cache_dir=str(cache_root), progress=process_index == 0)
-      (tmp / 'cache_key.json').write_text(json.dumps(key, indent=1, sort_keys=True) + '\n')
+    with _BuildLock(tmp):
       try:
-        os.rename(tmp, data_dir)
-      except OSError:
-        if not (data_dir / 'metadata.json').is_file():
-          raise
-        # Another process finished the same build first; its result is identical.
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
+        corpus.build_pretraining_data(
+            data_config.source, tokenizer, tmp, max_seq_length=seq_len,
+            num_shards=int(data_config.num_shards), num_workers=int(data_config.num_workers),
+            seed=seed, eval_fraction=float(data_config.eval_fraction), tfds_data_dir=tfds_data_dir,
+            cache_dir=str(cache_root), progress=process_index == 0, min_examples=global_batch_size,
+            limit_names=corpus.LIMIT_KEYS, **limits)
+        (tmp / 'cache_key.json').write_text(json.dumps(key, indent=1, sort_keys=True) + '\n')
+        try:
+          os.rename(tmp, data_dir)
+        except OSError:
+          if not (data_dir / 'metadata.json').is_file():
+            raise
+          # Another process finished the same build first; its result is identical.
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+  meta = read_metadata(data_dir)
+  # A cache built earlier (under other limits) is held to this run's limits too.
+  corpus.check_quality(meta, f'{data_config.source} (cache {data_dir})',
+                            names=corpus.LIMIT_KEYS[:2], **limits)
+  if meta['num_examples'] < global_batch_size:
+    raise ValueError(f'{data_config.source} gave {meta["num_examples"]} training example(s), fewer '
+                     f'than one global batch (train.batch_size={global_batch_size}); add text, or '
+                     'lower train.batch_size')
   common = dict(seq_len=seq_len, seed=seed, process_index=process_index, process_count=process_count,
                 expected_vocab_hash=tokenizer.vocab_hash, expected_vocab_size=tokenizer.vocab_size)
   train = PretrainingLoader(data_dir, global_batch_size, repeat=True, **common)

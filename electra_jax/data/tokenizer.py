@@ -45,19 +45,53 @@ def _bert_normalizer(lowercase: bool) -> normalizers.Normalizer:
       clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase)
 
 
-def read_vocab(path: str | os.PathLike) -> list[str]:
-  """Returns the tokens of a BERT vocab.txt in id order (line i -> id i)."""
+def read_vocab(path: str | os.PathLike, warn_duplicates: bool = True) -> list[str]:
+  """Returns the tokens of a BERT vocab.txt in id order (line i -> id i).
+
+  A file that is not UTF-8 text is refused, naming the file and line. Duplicate lines are
+  warned about on stderr with their line numbers, not refused: the ids stay well defined (a
+  duplicated token maps to its last line, as in BERT's load_vocab; the earlier line's id is
+  never produced) and published vocabs with duplicates must keep matching their checkpoints.
+  A duplicated special token is refused by `WordPieceTokenizer` (its id would be ambiguous).
+  """
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'vocab file not found: {path}')
-  with open(path, encoding='utf-8') as f:
-    # BERT's load_vocab strips each line; an empty line would still take an id.
-    tokens = [line.rstrip('\n').strip() for line in f]
+  data = path.read_bytes()
+  try:
+    text = data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b'\n') + 1
+    raise ValueError(f'vocab file {path} is not UTF-8 text (invalid byte at line {line}); '
+                     'expected a vocab.txt with one token per line') from None
+  if '\0' in text:
+    raise ValueError(f'vocab file {path} holds NUL bytes (line {text[:text.index(chr(0))].count(chr(10)) + 1}); '
+                     'expected a vocab.txt with one token per line')
+  # BERT's load_vocab strips each line; an empty line would still take an id.
+  tokens = [line.strip() for line in text.split('\n')]
   if tokens and tokens[-1] == '' and len(tokens) > 1:
-    tokens = tokens[:-1]  # tolerate a trailing blank line
-  if not tokens:
+    tokens = tokens[:-1]  # tolerate a trailing newline
+  if tokens and tokens[-1] == '' and len(tokens) > 1:
+    tokens = tokens[:-1]  # and one trailing blank line
+  if not tokens or tokens == ['']:
     raise ValueError(f'vocab file {path} is empty; expected one token per line')
+  if warn_duplicates:
+    dups = duplicate_lines(tokens)
+    if dups:
+      shown = '; '.join(f'{t!r} at lines {", ".join(map(str, ls))}' for t, ls in dups[:5])
+      more = f'; and {len(dups) - 5} more' if len(dups) > 5 else ''
+      import sys  # pylint: disable=g-import-not-at-top
+      print(f'warning: vocab file {path} repeats {len(dups)} token(s): {shown}{more}; each maps to '
+            'its last line (the earlier ids are never produced)', file=sys.stderr, flush=True)
   return tokens
+
+
+def duplicate_lines(tokens: Sequence[str]) -> list[tuple[str, list[int]]]:
+  """[(token, [1-based line numbers])] of every token that appears on more than one line."""
+  where: dict[str, list[int]] = {}
+  for i, t in enumerate(tokens):
+    where.setdefault(t, []).append(i + 1)
+  return [(t, ls) for t, ls in where.items() if len(ls) > 1]
 
 
 def vocab_hash(tokens: Sequence[str]) -> str:
@@ -83,6 +117,12 @@ class WordPieceTokenizer:
     if missing:
       raise ValueError(f'vocab {self.name} lacks special tokens {missing}; '
                        f'a BERT vocab needs all of {list(SPECIAL_TOKENS)}')
+    twice = [(t, [i + 1 for i, x in enumerate(self.tokens) if x == t]) for t in SPECIAL_TOKENS
+             if self.tokens.count(t) > 1]
+    if twice:
+      raise ValueError(f'vocab {self.name} repeats special token(s) ' + '; '.join(
+          f'{t} at lines {", ".join(map(str, ls))}' for t, ls in twice)
+                       + '; their ids would be ambiguous: keep one line of each')
     self.vocab = vocab
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token='[UNK]',
                                      max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
@@ -157,12 +197,21 @@ class WordPieceTokenizer:
     return ' '.join(out)
 
 
-def _iter_lines(files: Sequence[str]) -> Iterable[str]:
+def _iter_lines(files: Sequence[str], stats: dict | None = None) -> Iterable[str]:
+  """Stripped non-blank lines of `files`; lines that are not UTF-8 are skipped and counted."""
   for path in files:
-    with open(path, encoding='utf-8', errors='replace') as f:
-      for line in f:
-        line = line.strip()
+    with open(path, 'rb') as f:
+      for number, raw in enumerate(f, 1):
+        try:
+          line = raw.decode('utf-8').strip()
+        except UnicodeDecodeError:
+          if stats is not None:
+            stats['bad'] = stats.get('bad', 0) + 1
+            stats.setdefault('first_bad', f'{path}:{number}')
+          continue
         if line:
+          if stats is not None:
+            stats['good'] = stats.get('good', 0) + 1
           yield line
 
 
@@ -190,9 +239,13 @@ def expand_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list
   return files
 
 
+MAX_UNDECODABLE_FRACTION = 0.5
+
+
 def train_wordpiece(files_or_iterator: str | Sequence[str] | Iterable[str], vocab_size: int,
                     out_path: str | os.PathLike, lowercase: bool = True,
-                    min_frequency: int = 2) -> Path:
+                    min_frequency: int = 2,
+                    max_undecodable_fraction: float = MAX_UNDECODABLE_FRACTION) -> Path:
   """Trains a WordPiece vocab and writes it as vocab.txt (one token per line).
 
   `files_or_iterator`: a glob/dir/file path or a list/tuple of them; any other iterable
@@ -200,15 +253,23 @@ def train_wordpiece(files_or_iterator: str | Sequence[str] | Iterable[str], voca
   The first five tokens are [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0..4). The result is
   deterministic for the same input (ties in the merge order are broken by the trainer
   deterministically; checked by tests). Returns the output path.
+
+  Lines that are not UTF-8 are skipped; more than `max_undecodable_fraction` of them is
+  refused (not a text corpus). When the vocab written differs in size from `vocab_size` (a
+  corpus with more distinct characters than that, which the vocab must all hold, or too few
+  words), a warning on stderr says so and why.
   """
   if vocab_size < len(SPECIAL_TOKENS) + 1:
     raise ValueError(f'vocab_size={vocab_size} is too small; expected > {len(SPECIAL_TOKENS)}')
   if isinstance(files_or_iterator, (str, os.PathLike, list, tuple)):
     files = expand_inputs(files_or_iterator)
     lines = lambda: _iter_lines(files)  # noqa: E731  (read twice: alphabet pass, training pass)
+    stats: dict = {}
+    first_pass = _iter_lines(files, stats)
   else:
     cached = [line for line in (str(x).strip() for x in files_or_iterator) if line]
     lines = lambda: iter(cached)  # noqa: E731
+    stats, first_pass = None, lines()
   tok = Tokenizer(models.WordPiece(unk_token='[UNK]',
                                    max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
   tok.normalizer = _bert_normalizer(lowercase)
@@ -219,9 +280,18 @@ def train_wordpiece(files_or_iterator: str | Sequence[str] | Iterable[str], voca
   # trainer "special" tokens, sorted) fixes their ids, which makes the whole run deterministic.
   continuations = set()
   norm, pre = tok.normalizer, tok.pre_tokenizer
-  for line in lines():
+  for line in first_pass:
     for word, _ in pre.pre_tokenize_str(norm.normalize_str(line)):
       continuations.update(word[1:])
+  if stats and stats.get('bad'):
+    bad, total = stats['bad'], stats['bad'] + stats.get('good', 0)
+    if bad / total > max_undecodable_fraction:
+      raise ValueError(f'{bad} of the {total} lines ({bad / total:.1%}) of {files_or_iterator!r} '
+                       f'are not valid UTF-8 (first at {stats["first_bad"]}), more than '
+                       f'max_undecodable_fraction={max_undecodable_fraction}; is it a text corpus?')
+    import sys  # pylint: disable=g-import-not-at-top
+    print(f'warning: skipped {bad} of {total} lines that are not valid UTF-8 (first at '
+          f'{stats["first_bad"]})', file=sys.stderr, flush=True)
   initial = list(SPECIAL_TOKENS) + ['##' + c for c in sorted(continuations)]
   trainer = trainers.WordPieceTrainer(
       vocab_size=max(vocab_size, len(initial)), min_frequency=min_frequency, special_tokens=initial,
@@ -236,6 +306,15 @@ def train_wordpiece(files_or_iterator: str | Sequence[str] | Iterable[str], voca
   tmp = out_path.with_name(out_path.name + f'.tmp{os.getpid()}')
   tmp.write_text(''.join(t + '\n' for t in tokens), encoding='utf-8')
   os.replace(tmp, out_path)  # atomic: a reader never sees a half-written vocab
+  if len(tokens) != vocab_size:
+    import sys  # pylint: disable=g-import-not-at-top
+    why = (f'the corpus has {len(continuations)} distinct characters, which the vocab must '
+           'all hold (alone and as ##continuations)'
+           if len(tokens) > vocab_size else
+           f'the corpus has too few distinct words seen at least min_frequency={min_frequency} '
+           'times')
+    print(f'warning: {out_path} has {len(tokens)} tokens, not the {vocab_size} asked for: {why}; '
+          f'set model.vocab_size={len(tokens)} to train with it', file=sys.stderr, flush=True)
   return out_path
 
 
@@ -246,6 +325,8 @@ def define_flags():
   flags.DEFINE_bool('lowercase', True, '--nolowercase: a cased vocab (no lower-casing or '
                     'accent stripping).')
   flags.DEFINE_integer('min_frequency', 2, 'Minimum count of a merged word piece.')
+  flags.DEFINE_float('max_undecodable_fraction', MAX_UNDECODABLE_FRACTION,
+                     'Refuse input with more than this share of lines that are not UTF-8.')
 
 
 def main(argv) -> None:
@@ -256,7 +337,8 @@ def main(argv) -> None:
   cli.require(input=f.input, vocab_size=f.vocab_size, output=f.output)
   files = expand_inputs(f.input)
   out = train_wordpiece(files, f.vocab_size, f.output, lowercase=f.lowercase,
-                        min_frequency=f.min_frequency)
+                        min_frequency=f.min_frequency,
+                        max_undecodable_fraction=f.max_undecodable_fraction)
   n = len(read_vocab(out))
   print(f'wrote {out}: {n} tokens (hash {vocab_hash(read_vocab(out))}) from {len(files)} file(s)')
 

@@ -10,7 +10,9 @@ runs electra_jax.finetune.multiseed (the median over seeds). Multi-host: pass
 jax.distributed.initialize() detect the cluster, as for pre-training.
 """
 
+import functools
 import logging
+import logging.handlers
 from pathlib import Path
 
 from absl import flags
@@ -26,23 +28,55 @@ def define_flags():
   cli.define_distributed()
 
 
+def requested_model_keys(config_flag, config) -> dict:
+  """{model key: where} asked for on the command line: --config.model.* flags and size=."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from electra_jax.finetune import loop  # pylint: disable=g-import-not-at-top
+  out = {k.split('.', 1)[1]: f'--config.{k}'
+         for k in config_flags.get_override_values(config_flag) if k.startswith('model.')}
+  arg = config_flags.get_config_filename(config_flag).partition(':')[2]
+  if any(part.split('=')[0].strip() == 'size' for part in arg.split(',') if '=' in part):
+    for k in loop.STRUCTURAL_KEYS:
+      if k != 'vocab_size':
+        out.setdefault(k, f'size={config.size}')
+  return out
+
+
 def main(argv):
   cli.no_positional(argv)
   config = cli.get_config(example='configs/finetune.py:task=rte')
   cli.require(workdir=FLAGS.workdir)
   cli.init_distributed()
+  from electra_jax import rundir  # pylint: disable=g-import-not-at-top
   from electra_jax.finetune import loop  # pylint: disable=g-import-not-at-top  (after init)
   from electra_jax.finetune import multiseed  # pylint: disable=g-import-not-at-top
-  workdir = FLAGS.workdir
-  Path(workdir).mkdir(parents=True, exist_ok=True)
-  handler = logging.FileHandler(Path(workdir) / 'log.txt')
-  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
-  logging.getLogger().addHandler(handler)
-  logging.getLogger().setLevel(logging.INFO)
-  if config.num_seeds > 1:
-    multiseed.run_seeds(config, workdir)
-  else:
-    loop.finetune_and_evaluate(config, workdir)
+  requested = requested_model_keys(FLAGS['config'], config)
+  workdir = rundir.check_workdir(FLAGS.workdir)
+  root = logging.getLogger()
+  root.setLevel(logging.INFO)
+  with rundir.RunStart(workdir, 'fine-tuning run') as start:
+    # Log lines wait in memory until the start succeeds: a refused one leaves no log.txt.
+    early = logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1)
+    root.addHandler(early)
+
+    def open_log():
+      handler = logging.FileHandler(Path(workdir) / 'log.txt')
+      handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+      early.setTarget(handler)
+      early.flush()
+      root.removeHandler(early)
+      root.addHandler(handler)
+
+    start.on_started(open_log)
+    try:
+      if config.num_seeds > 1:
+        multiseed.run_seeds(config, workdir, functools.partial(loop.finetune_and_evaluate,
+                                                               requested=requested))
+      else:
+        loop.finetune_and_evaluate(config, workdir, requested)
+    finally:
+      if early in root.handlers:
+        root.removeHandler(early)
 
 
 def run():

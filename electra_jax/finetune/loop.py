@@ -34,7 +34,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from electra_jax import configlib
 from electra_jax import optim
+from electra_jax import rundir
 from electra_jax.io import weights
 from electra_jax import runlog
 from electra_jax import sharding
@@ -259,25 +261,102 @@ def load_tokenizer(config, checkpoint: weights.Pretrained | None):
   return weights.load_tokenizer(config.data.vocab, checkpoint, config.data.lowercase)
 
 
-def finetune_and_evaluate(config, workdir: str) -> dict:
-  """Fine-tunes one seed (config.seed) and returns the results dict (also results.json)."""
+# config.model keys that fix the parameter shapes. Starting from a checkpoint, its values are
+# used; a different value asked for (a --config.model.* override, or size=) is refused.
+STRUCTURAL_KEYS = ('vocab_size', 'embedding_size', 'hidden_size', 'num_layers', 'num_heads',
+                   'intermediate_size', 'max_position_embeddings', 'type_vocab_size')
+# How the model runs, not what it holds: the fine-tuning config's values are always applied.
+RUNTIME_KEYS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'matmul_dtype',
+                'attention_impl', 'remat')
+# Every other key (layer_norm_eps, initializer_range, the generator's and sharing keys) is
+# the checkpoint's unless asked for explicitly, which is then applied.
+
+
+def default_model(size: str) -> dict:
+  """config.model of configs/finetune.py for `size` before any override (vocab_size 0)."""
+  d = {f.name: f.default for f in dataclasses.fields(electra.ModelConfig)
+       if f.default is not dataclasses.MISSING}
+  d.update({k: v for k, v in configlib.size_table(size).items()
+            if k in ('num_layers', 'hidden_size', 'intermediate_size', 'num_heads',
+                     'embedding_size', 'generator_fraction')})
+  d['vocab_size'] = 0
+  return d
+
+
+def requested_model_keys(config) -> dict:
+  """{key: where} of the model keys a config asks for: those off the size's defaults.
+
+  The command line knows better (its --config.model.* flags and whether size= was given);
+  electra_jax.finetune passes that instead.
+  """
+  defaults = default_model(config.size)
+  return {k: 'the config' for k, v in dict(config.model).items()
+          if k in defaults and v != defaults[k]}
+
+
+def resolve_model(config, ckpt: weights.Pretrained | None, tokenizer,
+                  requested: dict | None = None) -> dict:
+  """The config.model that runs, as a dict (see STRUCTURAL_KEYS and RUNTIME_KEYS).
+
+  requested: {key: where it was asked for, e.g. '--config.model.hidden_size' or 'size=base'};
+  None = `requested_model_keys(config)`.
+  """
+  requested = requested_model_keys(config) if requested is None else requested
+  asked = dict(config.model)
+  if ckpt is None or ckpt.model_config is None:
+    model = dict(asked)
+  else:
+    have = dict(ckpt.model_config)
+    model = {**asked, **have}
+    for k in RUNTIME_KEYS:
+      model[k] = asked[k]
+    refused = []
+    for k, where in sorted(requested.items()):
+      if k in RUNTIME_KEYS or k not in asked:
+        continue
+      if k in STRUCTURAL_KEYS:
+        if k == 'vocab_size' and not asked[k]:
+          continue
+        if k in have and asked[k] != have[k]:
+          refused.append(f'model.{k}={asked[k]} ({where}) but the checkpoint has {have[k]}')
+      else:
+        model[k] = asked[k]
+    if refused:
+      raise ValueError(f'train.init_from {ckpt.path} fixes the model\'s sizes and vocab: '
+                       + '; '.join(refused) + '. Drop these settings to fine-tune it as it is, '
+                       "or train from random init (--config.train.init_from='')")
+  if not model['vocab_size']:
+    model['vocab_size'] = tokenizer.vocab_size
+  if model['vocab_size'] != tokenizer.vocab_size:
+    raise ValueError(f'model vocab_size={model["vocab_size"]} but the vocab '
+                     f'{getattr(tokenizer, "name", None) or config.data.vocab or "of the checkpoint"}'
+                     f' has {tokenizer.vocab_size} tokens')
+  if config.train.seq_len > model['max_position_embeddings']:
+    raise ValueError(f'train.seq_len={config.train.seq_len} is longer than the '
+                     f'model\'s max_position_embeddings={model["max_position_embeddings"]}; '
+                     'lower train.seq_len')
+  return model
+
+
+def finetune_and_evaluate(config, workdir: str, requested: dict | None = None) -> dict:
+  """Fine-tunes one seed (config.seed) and returns the results dict (also results.json).
+
+  The workdir is locked for the run; a start refused before training (bad config, data or
+  checkpoint) leaves it as it was. config.json records the model that ran (see
+  `resolve_model` for which keys a checkpoint fixes).
+  """
+  workdir = rundir.check_workdir(workdir)
+  with rundir.RunStart(workdir, 'fine-tuning run') as start:
+    return _finetune(config, workdir, start, requested)
+
+
+def _finetune(config, workdir: Path, start, requested) -> dict:
   t_start = time.time()
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   task = build_task(config)
   ckpt = weights.load(config.train.init_from) if config.train.init_from else None
   tokenizer = load_tokenizer(config, ckpt)
 
-  model_dict = dict(config.model)
-  if ckpt is not None and ckpt.model_config is not None:
-    model_dict = dict(ckpt.model_config)
-  if not model_dict['vocab_size']:
-    model_dict['vocab_size'] = tokenizer.vocab_size
-  if model_dict['vocab_size'] != tokenizer.vocab_size:
-    raise ValueError(f'model vocab_size={model_dict["vocab_size"]} but the vocab '
-                     f'{config.data.vocab or "of the checkpoint"} has {tokenizer.vocab_size} '
-                     f'tokens')
+  model_dict = resolve_model(config, ckpt, tokenizer, requested)
   model_cfg = electra.ModelConfig.from_config(model_dict)
   model = build_model(model_cfg, task, config)
 
@@ -317,6 +396,13 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
            config.optimizer.learning_rate, config.optimizer.layerwise_lr_decay)
   train_fn, predict_fn = make_steps(model, tx, schedule, mesh, shardings)
 
+  start.started()  # the inputs are checked: from here on the workdir is this run's
+  ran = config.copy_and_resolve_references()
+  for k, v in model_dict.items():
+    if k in ran.model:
+      ran.model[k] = v
+  (workdir / 'config.json').write_text(ran.to_json_best_effort(indent=2, sort_keys=True))
+  (workdir / 'metrics.jsonl').unlink(missing_ok=True)  # a fresh run: no records of an older one
   jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl')
   train_keys = INPUT_KEYS + heads.LABEL_KEYS[task.kind]
   train_arrays = {k: train_feats.arrays[k] for k in train_keys}

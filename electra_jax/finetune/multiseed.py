@@ -49,6 +49,7 @@ def run_seeds(config, workdir: str, finetune_fn=None) -> dict:
   if config.num_seeds < 1:
     raise ValueError(f'num_seeds={config.num_seeds}; expected >= 1')
   workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)  # the seeds' parent (the CLI has locked it)
   results = []
   for k in range(config.num_seeds):
     cfg = config.copy_and_resolve_references()

@@ -41,6 +41,10 @@ EXPORT_DIR = 'export'
 EXPORT_TOWERS = ('discriminator', 'generator', 'pretrainer')
 
 
+class CheckpointMismatch(ValueError):
+  """The checkpoint is intact but holds parameters of other shapes than the config asks for."""
+
+
 @dataclasses.dataclass
 class Restored:
   """What a checkpoint brings back: state at `step`, this host's loader position, base key."""
@@ -108,7 +112,38 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta)),
         force=force)
 
+  def check_structure(self, step: int) -> None:
+    """Raises CheckpointMismatch when the saved parameters do not fit `abstract_state`.
+
+    Reads only the checkpoint's metadata. A checkpoint whose metadata cannot be read is left
+    to the restore, which reports it as corrupt.
+    """
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    from flax import traverse_util  # pylint: disable=g-import-not-at-top
+    try:
+      md = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(self.directory.absolute() / str(step) / 'state'))
+      tree = md.tree if hasattr(md, 'tree') else md
+      saved = {'/'.join(map(str, k)): tuple(v.shape) for k, v in
+               traverse_util.flatten_dict(dict(tree['params'])).items()}
+    except Exception:  # noqa: BLE001 -- unreadable: the restore says what is wrong
+      return
+    want = {'/'.join(map(str, k)): tuple(v.shape) for k, v in
+            traverse_util.flatten_dict(dict(self.abstract_state.params)).items()}
+    if saved == want:
+      return
+    diffs = [f'{k}: {saved[k]} in the checkpoint, {want[k]} for the config'
+             for k in sorted(set(saved) & set(want)) if saved[k] != want[k]]
+    diffs += [f'{k} only in the checkpoint' for k in sorted(set(saved) - set(want))]
+    diffs += [f'{k} only in the config' for k in sorted(set(want) - set(saved))]
+    raise CheckpointMismatch(
+        f'the checkpoint at step {step} in {self.directory} holds a model of another shape than '
+        f'the config: {len(diffs)} parameter(s) differ ({"; ".join(diffs[:3])}'
+        f'{"; ..." if len(diffs) > 3 else ""}). The checkpoints are intact and were left as they '
+        'are: resume with the config they were trained with, or pass another --workdir')
+
   def _restore_step(self, step: int) -> Restored:
+    self.check_structure(step)
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(self.abstract_state),
         loader=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
@@ -142,6 +177,8 @@ class Checkpointer:
     for step in reversed(steps):
       try:
         restored = self._restore_step(step)
+      except CheckpointMismatch:
+        raise  # a config change, not corruption: nothing is moved
       except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many kinds
         msg = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
         logging.error('checkpoint at step %d in %s is corrupt or partial (%s); trying the '
@@ -237,6 +274,25 @@ def load_exported(path, which: str = 'discriminator') -> tuple[dict, dict]:
     if not f.is_file():
       raise FileNotFoundError(f'{f} not found; expected an export dir written by '
                               'electra_jax.main (RUN/export)')
-  model_config = json.loads(cfg_file.read_text())
-  params = serialization.msgpack_restore(params_file.read_bytes())
+  try:
+    model_config = json.loads(cfg_file.read_text(encoding='utf-8'))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f'{cfg_file} is truncated or corrupt ({type(e).__name__}: {e}); export the '
+                     'run again (electra_jax.main --export_only)') from None
+  params = read_msgpack(params_file)
   return model_config, params
+
+
+def read_msgpack(path) -> dict:
+  """A flax msgpack file as a nested dict of numpy arrays; a cut or garbled file names itself."""
+  path = Path(path)
+  try:
+    params = serialization.msgpack_restore(path.read_bytes())
+  except Exception as e:  # noqa: BLE001 -- msgpack raises ValueError, TypeError, ExtraData, ...
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise ValueError(f'{path} is truncated or corrupt ({first}); export or convert it again') from None
+  if not isinstance(params, dict):
+    raise ValueError(f'{path} holds a {type(params).__name__}, not a parameter tree; export or '
+                     'convert it again')
+  return params
+

@@ -77,17 +77,41 @@ def read_state_dict(directory: str | os.PathLike) -> dict:
     index = json.loads((d / 'model.safetensors.index.json').read_text())
     files = [d / f for f in sorted(set(index['weight_map'].values()))]
   elif (d / 'pytorch_model.bin').is_file():
-    import torch  # pylint: disable=import-outside-toplevel
-    sd = torch.load(d / 'pytorch_model.bin', map_location='cpu', weights_only=True)
-    return {k: v.float().numpy() for k, v in sd.items()}
+    return _read_torch_bin(d / 'pytorch_model.bin')
   else:
     raise FileNotFoundError(f'{d}: no model.safetensors, model.safetensors.index.json or '
                             'pytorch_model.bin')
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   out = {}
   for f in files:
-    out.update(load_file(str(f)))
+    try:
+      out.update(load_file(str(f)))
+    except Exception as e:  # noqa: BLE001 -- SafetensorError, OSError of a cut file
+      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      raise ValueError(f'{f} is truncated or corrupt ({first}); download or convert it '
+                       'again') from None
   return out
+
+
+def _read_torch_bin(path: Path) -> dict:
+  """A weights-only pytorch_model.bin; a full pickle is refused (unpickling runs code)."""
+  import pickle  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  try:
+    sd = torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError:
+    raise ValueError(
+        f'{path} is a pickle that is not weights-only; electra_jax reads only safetensors or '
+        'weights-only .bin files, since loading any other pickle can run code. Convert it '
+        'where you trust it, e.g. `transformers.AutoModel.from_pretrained(DIR)'
+        '.save_pretrained(OUT, safe_serialization=True)`, and point at OUT') from None
+  except (RuntimeError, EOFError, OSError) as e:
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise ValueError(f'{path} is truncated or corrupt ({first}); download or convert it '
+                     'again') from None
+  if not isinstance(sd, dict):
+    raise ValueError(f'{path} holds a {type(sd).__name__}, not a state dict of tensors')
+  return {k: v.float().numpy() for k, v in sd.items()}
 
 
 def _normalize_names(sd: dict) -> dict:

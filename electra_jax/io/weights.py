@@ -33,7 +33,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from flax import serialization
 
 from electra_jax import runlog
 from electra_jax.data import tokenizer as tok_lib
@@ -219,7 +218,7 @@ def import_tf1(path: str | os.PathLike, *, num_heads: int | None = None,
 
 
 def _restore(path: Path) -> dict:
-  return serialization.msgpack_restore(path.read_bytes())
+  return checkpoint.read_msgpack(path)
 
 
 def read_vocab(path: Path) -> list | None:

@@ -15,9 +15,11 @@ evaluation -> export of the discriminator and generator params.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
+import math
 import pathlib
 import signal
 import time
@@ -28,6 +30,7 @@ from absl import logging
 from tqdm import tqdm
 
 from electra_jax import plot
+from electra_jax import rundir
 from electra_jax import runlog
 from electra_jax import sharding
 from electra_jax import state as state_lib
@@ -171,16 +174,6 @@ class _Preemption:
       signal.signal(sig, old)
 
 
-def prepare_workdir(workdir) -> pathlib.Path:
-  workdir = pathlib.Path(workdir).expanduser()
-  parent = workdir.absolute().parent
-  if not parent.is_dir():
-    raise FileNotFoundError(f'workdir parent {parent} does not exist; create it first or pass '
-                            'another --workdir')
-  workdir.mkdir(exist_ok=True)
-  return workdir
-
-
 def check_vocab(config, tokenizer, where: str = '') -> None:
   """config.model.vocab_size and config.tokens.* must match the data's vocabulary."""
   where = f' ({where})' if where else ''
@@ -199,6 +192,15 @@ def check_train_config(config, mesh) -> None:
   t = config.train
   if t.nan_policy not in ('stop', 'skip'):
     raise ValueError(f"train.nan_policy={t.nan_policy!r}; expected 'stop' or 'skip'")
+  if not 0 <= t.get('max_skipped_fraction', 0.0) <= 1:
+    raise ValueError(f'train.max_skipped_fraction={t.max_skipped_fraction}; expected a share '
+                     'in [0, 1]')
+  if t.get('skip_window', 1) < 1:
+    raise ValueError(f'train.skip_window={t.skip_window}; expected >= 1')
+  if t.seq_len > config.model.max_position_embeddings:
+    raise ValueError(f'train.seq_len={t.seq_len} is longer than model.max_position_embeddings='
+                     f'{config.model.max_position_embeddings}; lower train.seq_len or raise '
+                     'model.max_position_embeddings')
   for name in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
                'batch_size', 'eval_batch_size'):
     if t[name] < 1:
@@ -212,37 +214,42 @@ def check_train_config(config, mesh) -> None:
                        f'mesh and the {jax.process_count()} hosts; expected a multiple of {shards}')
 
 
-def load_data(config, cache_dir=None):
+def load_data(config, cache_dir=None, tokenizer=None):
   """The run's PretrainingData (train/eval loaders, tokenizer); see electra_jax.data.corpus."""
   from electra_jax.data import loader  # pylint: disable=g-import-not-at-top
   cache_dir = runlog.cache_dir(cache_dir)
   return loader.make_pretraining_data(
       config.data, config.train.seq_len, config.train.batch_size, config.train.eval_batch_size,
-      config.seed, cache_dir)
+      config.seed, cache_dir, tokenizer=tokenizer)
 
 
-def _flatten(d: dict, prefix: str = '') -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
+def load_tokenizer(config, cache_dir=None):
+  """(tokenizer, vocab file) of config.data, without building any data."""
+  from electra_jax.data import loader  # pylint: disable=g-import-not-at-top
+  return loader.load_tokenizer(config.data, runlog.cache_dir(cache_dir))
 
 
 def _write_config(config, workdir) -> None:
-  """workdir/config.json := the resolved config; warns about keys changed since the last run."""
-  path = workdir / 'config.json'
-  new = json.loads(config.to_json())
-  if path.exists():
-    old, cur = _flatten(json.loads(path.read_text())), _flatten(new)
-    changed = sorted(k for k in set(old) | set(cur) if old.get(k) != cur.get(k))
-    if changed:
-      logging.warning('config differs from the previous run in this workdir: %s', changed)
+  """workdir/config.json := the resolved config (written once the start has succeeded)."""
   if jax.process_index() == 0:
-    path.write_text(json.dumps(new, indent=1, sort_keys=True) + '\n')
+    path = workdir / 'config.json'
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(json.loads(config.to_json()), indent=1, sort_keys=True) + '\n')
+    tmp.replace(path)
+
+
+def _check_checkpoint_vocab(workdir, tokenizer) -> None:
+  """Refuses, before any restore, checkpoints written with another vocab than the data's."""
+  ck = pathlib.Path(workdir) / checkpoint.CHECKPOINT_DIR
+  for meta in sorted(ck.glob('*/meta/metadata')) if ck.is_dir() else []:
+    try:
+      saved = json.loads(meta.read_text()).get('vocab_hash')
+    except (OSError, ValueError):
+      continue  # a corrupt checkpoint: the restore reports it
+    if saved and saved != tokenizer.vocab_hash:
+      raise ValueError(f'vocab mismatch: the checkpoints in {workdir} were trained with vocab '
+                       f'{saved} but {tokenizer.name} is {tokenizer.vocab_hash}; use the vocab '
+                       'they were trained with, or pass another --workdir')
 
 
 def export(workdir, config, params, step: int, tokenizer=None) -> pathlib.Path:
@@ -299,50 +306,73 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
                        progress: bool = True) -> dict:
   """Pre-trains (or resumes) in `workdir`; returns a summary dict (step, last metrics, paths).
 
-  Raises NonFiniteError (nan_policy='stop') naming the step, ValueError /
-  FileNotFoundError for bad configs, data or workdirs. On SIGTERM/SIGINT it saves
-  a checkpoint and returns with summary['preempted'] set.
+  Raises NonFiniteError (nan_policy='stop', or too many skipped steps, or a non-finite
+  held-out loss) naming the step, ValueError / FileNotFoundError for bad configs, data or
+  workdirs. A start that is refused leaves the workdir as it was: the config is checked
+  against the vocab, the model and the config the checkpoints were written under before
+  anything is written (see electra_jax.rundir). The workdir is locked for the life of the
+  run. On SIGTERM/SIGINT it saves a checkpoint and returns with summary['preempted'] set.
   """
-  workdir = prepare_workdir(workdir)
-  t = config.train
+  workdir = rundir.check_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh)
   check_train_config(config, mesh)
   model = build_model(config)  # validates config.model before the (slow) data build
+  with rundir.RunStart(workdir) as run_start:
+    changes = rundir.check_resume_config(workdir, config)
+    tokenizer, vocab_path = load_tokenizer(config, cache_dir)
+    check_vocab(config, tokenizer, str(vocab_path))  # before the (slow) data build
+    _check_checkpoint_vocab(workdir, tokenizer)
+    return _train(config, workdir, run_start, mesh, model, tokenizer, changes,
+                  cache_dir=cache_dir, export_only=export_only, progress=progress)
+
+
+def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache_dir,
+           export_only, progress) -> dict:
+  t = config.train
   obj_cfg = objectives.ObjectiveConfig.from_config(config)
-  data = load_data(config, cache_dir)
-  check_vocab(config, data.tokenizer, str(data.data_dir))
-  _write_config(config, workdir)
+  data = load_data(config, cache_dir, tokenizer)
 
   tx, schedule = build_optimizer(config)
   abstract = abstract_train_state(config, model, tx, mesh)
   ckpt = checkpoint.Checkpointer(workdir, t.keep_checkpoints, abstract)
   init_rng, rng = jax.random.split(jax.random.key(config.seed))
-  restored = ckpt.restore_latest()
-  if export_only and restored is None:
+  try:
+    restored = ckpt.restore_latest()
+    if export_only and restored is None:
+      raise FileNotFoundError(f'--export_only: no checkpoint in {ckpt.directory} to export')
+    if restored is not None:
+      state, rng, start = restored.state, restored.rng, restored.step
+      data.train.set_state(restored.loader_state)
+    elif t.init_from:
+      state = init_from_pretrained(config, model, tx, mesh, t.init_from, data.tokenizer)
+      start = 0
+    else:
+      state, _ = create_train_state(config, model, tx, mesh, init_rng)
+      start = 0
+  except BaseException:
     ckpt.close()
-    raise FileNotFoundError(f'--export_only: no checkpoint in {ckpt.directory} to export')
+    raise
+  run_start.started()  # from here on the workdir is the run's
   if restored is not None:
-    saved_hash = restored.meta.get('vocab_hash')
-    if saved_hash and saved_hash != data.tokenizer.vocab_hash:
-      raise ValueError(f'vocab mismatch: the checkpoints in {workdir} were trained with vocab '
-                       f'{saved_hash} but the data now uses {data.tokenizer.vocab_hash}')
-    state, rng, start = restored.state, restored.rng, restored.step
-    data.train.set_state(restored.loader_state)
     logging.info('resumed from step %d in %s', start, ckpt.directory)
     _print(f'Resumed from the checkpoint at step {start} in {ckpt.directory}')
+    if changes:
+      _print('Changed since the checkpoints were written (allowed on resume): '
+             + rundir.describe_changes(changes))
   elif t.init_from:
-    state = init_from_pretrained(config, model, tx, mesh, t.init_from, data.tokenizer)
-    start = 0
     _print(f'Continuing pre-training from the weights in {t.init_from}')
-  else:
-    state, _ = create_train_state(config, model, tx, mesh, init_rng)
-    start = 0
   extra_meta = {'vocab_hash': data.tokenizer.vocab_hash}
-
   if export_only:
     ckpt.close()
     out = export(workdir, config, state.params, start, data.tokenizer)
     return {'step': start, 'export_dir': str(out), 'preempted': None}
+  _write_config(config, workdir)
+  if jax.process_index() == 0:
+    # Steps after the checkpoint are redone: their old records go (each step logged once).
+    dropped = sum(rundir.truncate_jsonl(workdir / name, start)
+                  for name in runlog.FILES.values())
+    if dropped:
+      _print(f'Rolled the logs back to step {start}: removed {dropped} record(s) of later steps')
 
   train_step = make_train_step(config, model, tx, schedule, mesh, state_lib.shardings_of(abstract))
   eval_step = make_eval_step(config, model, mesh, state_lib.shardings_of(abstract))
@@ -354,10 +384,14 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   elif len(eval_batches) < t.eval_batches:
     _print(f'note: the held-out set has {len(eval_batches)} batches of {t.eval_batch_size}, '
            f'fewer than train.eval_batches={t.eval_batches} (raise data.eval_fraction for more)')
-  writer = runlog.MetricsWriter(workdir)
+  writer = runlog.MetricsWriter(workdir, purge_step=start + 1)
   tokens_per_batch = t.batch_size * t.seq_len
-  summary = {'step': start, 'train': {}, 'eval': {}, 'preempted': None, 'skipped_steps': 0,
+  skipped = restored.meta.get('skipped_steps', 0) if restored is not None else 0
+  summary = {'step': start, 'train': {}, 'eval': {}, 'preempted': None, 'skipped_steps': skipped,
              'workdir': str(workdir)}
+  # nan_policy=skip: finite flags of the last steps; too many skipped ones stop the run.
+  window = collections.deque(maxlen=max(1, min(t.get('skip_window', 100), t.num_steps)))
+  max_skipped = t.get('max_skipped_fraction', 1.0) * window.maxlen
 
   def run_eval(step):
     m = evaluation.evaluate(eval_step, state.params, eval_batches, eval_rng, step, mesh,
@@ -365,6 +399,12 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
     writer.write(step, m, split='eval')
     summary['eval'] = m
     _print(f'eval  step {step:>7}: ' + evaluation.describe(m))
+    if not math.isfinite(m.get('eval_loss', 0.0)):
+      good = ckpt.all_steps()
+      raise NonFiniteError(
+          f'the held-out loss at step {step} is {m["eval_loss"]}: the model\'s outputs are not '
+          'finite, so it is not exported (train.nan_policy=' + t.nan_policy + '). The last '
+          'checkpoint is ' + (f'step {good[-1]} in {ckpt.directory}' if good else 'none'))
 
   clock = {'time': time.perf_counter(), 'step': start}
   bar = tqdm(total=t.num_steps, initial=start, unit='step', dynamic_ncols=True, smoothing=0.1,
@@ -375,6 +415,7 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if step == start + 1 and step % t.log_every:
       clock.update(time=time.perf_counter(), step=step)  # keep compilation out of seq_per_s
+    window.append(m['finite'] == 0)
     if m['finite'] == 0:
       if t.nan_policy == 'stop':
         good = ckpt.all_steps()
@@ -385,6 +426,7 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
       summary['skipped_steps'] += 1
       logging.log_every_n_seconds(logging.WARNING, 'step %d: non-finite loss or gradient; update '
                                   'skipped (%d so far)', 60, step, summary['skipped_steps'])
+    over = m['finite'] == 0 and sum(window) > max_skipped  # stop, once the step is logged
     if step % t.log_every == 0 or step == t.num_steps:
       now = time.perf_counter()
       dt = max(now - clock['time'], 1e-9)
@@ -398,6 +440,14 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
       _print(f'train step {step:>7}: ' + _fmt(m, ('loss', 'gen_loss', 'disc_loss', 'gen_accuracy',
                                                   'disc_accuracy', 'learning_rate', 'seq_per_s')),
              bar)
+    if over:
+      good = ckpt.all_steps()
+      raise NonFiniteError(
+          f'{sum(window)} of the last {window.maxlen} steps (up to step {step}) had a non-finite '
+          f'loss or gradient and were skipped, more than train.max_skipped_fraction='
+          f'{t.max_skipped_fraction} of the window (train.skip_window={t.skip_window}); stopping: '
+          'the run diverged. The last checkpoint is '
+          + (f'step {good[-1]} in {ckpt.directory}' if good else 'none (no checkpoint yet)'))
 
   train_iter = iter(data.train)
   step = start
@@ -423,7 +473,8 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
           handle(*pending)  # never save a state whose step was not checked
           pending = None
         if ckpt_due or stop:
-          ckpt.save(step, state, data.train.get_state(), rng, extra_meta)
+          ckpt.save(step, state, data.train.get_state(), rng,
+                    {**extra_meta, 'skipped_steps': summary['skipped_steps']})
         if eval_due:
           run_eval(step)
         if ckpt_due or eval_due:
