@@ -21,7 +21,7 @@ runs training steps; and errors the user can act on as one line, `error: ...`,
 on stderr, with exit status 1 (bad inputs: ValueError, FileNotFoundError,
 FloatingPointError, ...) or 2 (bad flags: an unknown flag, a bad value, a
 misspelt `--config.` key, a config file that rejects its argument). Tracebacks
-are for bugs.
+are for bugs; `--debug` (or ELECTRA_JAX_DEBUG=1) shows them for user errors too.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ FLAGS = flags.FLAGS
 RENAMED = {'init_checkpoint': 'train.init_from', 'max_seq_length': 'train.seq_len'}
 # Errors that mean "the input is wrong", not "the code is wrong": one line, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-               FloatingPointError, ImportError)
+               FloatingPointError, ImportError, PermissionError, IsADirectoryError)
+DEBUG_ENV = 'ELECTRA_JAX_DEBUG'  # =1: tracebacks for user errors too (as --debug)
 
 
 class UsageError(ValueError):
@@ -162,12 +163,16 @@ def run(main: Callable, define_flags: Callable | None = None, *,
     for name in sorted(set(FLAGS) - before):  # cli's own (--config, distributed) shown too
       FLAGS.register_key_flag_for_module(main_module, FLAGS[name])
 
+  if 'debug' not in FLAGS:
+    flags.DEFINE_bool('debug', False, 'Show the traceback of an error as well (also: the '
+                      f'environment variable {DEBUG_ENV}=1).')
+
   def guarded(argv):
     try:
       return main(argv)
-    except UsageError as e:
-      error(e, 2)
     except USER_ERRORS as e:
-      error(e, 1)
+      if FLAGS.debug or os.environ.get(DEBUG_ENV, '') not in ('', '0'):
+        raise
+      error(e, 2 if isinstance(e, UsageError) else 1)
 
   app.run(guarded, flags_parser=_parser)

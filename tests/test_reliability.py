@@ -72,7 +72,7 @@ def _copy(src, tmp_path, name='run'):
 
 
 def test_refused_start_leaves_the_workdir_as_it_was(base_run, corpus, tmp_path):  # noqa: F811
-  from electra_jax.io import checkpoint
+  from electra_jax.io import weights
   wd = _copy(base_run, tmp_path)
   before = _snapshot(wd)
   line = _error_line(run_main(wd, corpus, **RUN, **{'model.hidden_size': 128}))
@@ -81,7 +81,7 @@ def test_refused_start_leaves_the_workdir_as_it_was(base_run, corpus, tmp_path):
   assert _snapshot(wd) == before  # config.json included
   assert not (wd / 'checkpoints.corrupt').exists()
   # The run still loads as it was trained.
-  cfg, _ = checkpoint.load_pretraining_checkpoint(wd)
+  cfg, _ = weights.load_pretraining_checkpoint(wd)
   assert cfg['model']['hidden_size'] == 64 and cfg['step'] == 4
 
   # Without config.json (an older workdir) the checkpoint's own shapes catch it: not corruption.
