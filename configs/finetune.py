@@ -52,6 +52,7 @@ SQUAD_TASKS = ('squad1', 'squad2')
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, lazy_field='task', task='rte', size='small', vocab='',
                             init='', num_seeds=1, seed=0, runlocal=False)
+  configlib.size_table(arg.size)  # an unknown size fails here, naming the known ones
   lr, layer_decay = RECIPE[arg.size]
   squad = arg.task.lower().replace('.', '').replace('_', '').replace('-', '') in (
       'squad1', 'squad2', 'squad', 'squadv1', 'squadv2', 'squad11', 'squad20')

@@ -406,7 +406,7 @@ def check_quality(meta: dict, desc: str, max_undecodable_fraction: float = MAX_U
   if cut is not None and total and cut / total > max_truncated_fraction:
     raise ValueError(
         f'{desc}: {cut} of its {total} tokens ({cut / total:.1%}) do not fit in the examples of '
-        f'max_seq_length={meta.get("max_seq_length")} and would be dropped, more than '
+        f'seq_len={meta.get("max_seq_length")} and would be dropped, more than '
         f'{names[1]}={max_truncated_fraction}; the text has lines far longer than an example '
         '(split it into sentences or paragraphs, one per line)')
 
@@ -555,7 +555,7 @@ def report_drops(desc: str, totals: dict, first_invalid: str | None, max_seq_len
                  f'(first at {first_invalid})')
   cut, total = totals['num_truncated_tokens'], totals['num_text_tokens']
   if cut and total:
-    parts.append(f'{cut} of {total} tokens ({cut / total:.1%}) cut to fit max_seq_length='
+    parts.append(f'{cut} of {total} tokens ({cut / total:.1%}) cut to fit seq_len='
                  f'{max_seq_length}')
   if totals['empty_documents']:
     parts.append(f'{totals["empty_documents"]} document(s) with no token')

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -230,7 +232,6 @@ class _BuildLock:
     self._fd = None
 
   def __enter__(self):
-    import fcntl
     self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(self._fd, fcntl.LOCK_EX)
     return self
@@ -251,8 +252,6 @@ def clean_stale_builds(cache_root: Path) -> list[Path]:
   or runs share the cache. A folder without a lock file (an older version's) goes once it is
   an hour old.
   """
-  import fcntl
-  import time
   removed = []
   for tmp in sorted(Path(cache_root).glob('.tmp-pretrain-*')):
     if tmp.name.endswith('.lock'):

@@ -280,13 +280,16 @@ def train_wordpiece(files_or_iterator: str | Sequence[str] | Iterable[str], voca
   # trainer "special" tokens, sorted) fixes their ids, which makes the whole run deterministic.
   continuations = set()
   norm, pre = tok.normalizer, tok.pre_tokenizer
+  alphabet = set()
   for line in first_pass:
     for word, _ in pre.pre_tokenize_str(norm.normalize_str(line)):
       continuations.update(word[1:])
+      alphabet.update(word)
   if stats and stats.get('bad'):
     bad, total = stats['bad'], stats['bad'] + stats.get('good', 0)
     if bad / total > max_undecodable_fraction:
-      raise ValueError(f'{bad} of the {total} lines ({bad / total:.1%}) of {files_or_iterator!r} '
+      what = ', '.join(files) if len(files) <= 3 else f'{len(files)} files'
+      raise ValueError(f'{bad} of the {total} lines ({bad / total:.1%}) of {what} '
                        f'are not valid UTF-8 (first at {stats["first_bad"]}), more than '
                        f'max_undecodable_fraction={max_undecodable_fraction}; is it a text corpus?')
     import sys  # pylint: disable=g-import-not-at-top
@@ -308,8 +311,8 @@ def train_wordpiece(files_or_iterator: str | Sequence[str] | Iterable[str], voca
   os.replace(tmp, out_path)  # atomic: a reader never sees a half-written vocab
   if len(tokens) != vocab_size:
     import sys  # pylint: disable=g-import-not-at-top
-    why = (f'the corpus has {len(continuations)} distinct characters, which the vocab must '
-           'all hold (alone and as ##continuations)'
+    why = (f'the corpus has {len(alphabet)} distinct characters, which the vocab must all '
+           'hold (alone, and as ##continuations where they follow another)'
            if len(tokens) > vocab_size else
            f'the corpus has too few distinct words seen at least min_frequency={min_frequency} '
            'times')

@@ -111,6 +111,9 @@ def _read_torch_bin(path: Path) -> dict:
                      'again') from None
   if not isinstance(sd, dict):
     raise ValueError(f'{path} holds a {type(sd).__name__}, not a state dict of tensors')
+  odd = [f'{k} ({type(v).__name__})' for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+  if odd:
+    raise ValueError(f'{path} is not a state dict of tensors: it holds {", ".join(odd[:5])}')
   return {k: v.float().numpy() for k, v in sd.items()}
 
 

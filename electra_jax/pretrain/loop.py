@@ -444,9 +444,9 @@ def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache
       good = ckpt.all_steps()
       raise NonFiniteError(
           f'{sum(window)} of the last {window.maxlen} steps (up to step {step}) had a non-finite '
-          f'loss or gradient and were skipped, more than train.max_skipped_fraction='
-          f'{t.max_skipped_fraction} of the window (train.skip_window={t.skip_window}); stopping: '
-          'the run diverged. The last checkpoint is '
+          f'loss or gradient and were skipped: more than train.max_skipped_fraction='
+          f'{t.max_skipped_fraction} of them (the window is train.skip_window={t.skip_window}, or '
+          'train.num_steps when shorter); stopping: the run diverged. The last checkpoint is '
           + (f'step {good[-1]} in {ckpt.directory}' if good else 'none (no checkpoint yet)'))
 
   train_iter = iter(data.train)
