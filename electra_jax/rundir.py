@@ -1,8 +1,8 @@
 """Guards of a run directory: one run per workdir, refused starts that change nothing.
 
     workdir = check_workdir(path)              # a usable --workdir; creates nothing
-    check_resume_config(workdir, config)       # refuses a config the checkpoints cannot take
     with RunStart(workdir) as start:           # creates + locks the workdir (process 0)
+      check_resume_config(workdir, config)     # refuses a config the checkpoints cannot take
       ...validate, build data, restore...      # a failure here removes what the start created
       start.started()                          # from here on the run owns the directory
       ...train...
@@ -11,12 +11,14 @@ Lock: `WORKDIR/.lock`, held with `fcntl.flock` for the life of the run. The kern
 when the process dies, SIGKILL included, so a dead run never leaves a stale lock; the file
 itself (the holder's PID, host and command) is removed on a clean exit and overwritten by the
 next holder otherwise. A second start on the same workdir is refused with one line naming the
-holder. Locks are re-entrant within a process (fine-tuning's seeds under a locked workdir).
-Multi-host runs lock on process 0 only; every process learns the outcome.
+holder. Locks are re-entrant within a process (the fine-tuning program locks the workdir that
+finetune_and_evaluate locks again). Multi-host runs lock on process 0 only; every process
+learns the outcome. A filesystem without flock gets a warning and no guard.
 
-Resume: the config a workdir's checkpoints were written under is its `config.json`. A new
-start compares its config with it before anything is written; only the keys of
-`RESUMABLE_KEYS` may differ (they change neither the model, the optimizer state, the data
+Resume: every checkpoint records the config it was written under (its meta item; the
+workdir's `config.json` is the same, written once a start has succeeded). A new start
+compares its config with the newest checkpoint's before anything is written; only the keys
+of `RESUMABLE_KEYS` may differ (they change neither the model, the optimizer state, the data
 and its order, nor the random draws). Anything else is refused, listing each key as
 `old -> new`, with the way out: the original command, or another --workdir.
 """
@@ -45,7 +47,8 @@ RESUMABLE_KEYS = (
     'train.num_steps', 'train.log_every', 'train.eval_every', 'train.eval_batches',
     'train.eval_batch_size', 'train.checkpoint_every', 'train.keep_checkpoints',
     'train.nan_policy', 'train.max_skipped_fraction', 'train.skip_window', 'train.init_from',
-    'data.num_workers', 'data.num_shards', 'model.remat', 'mesh.data', 'mesh.fsdp',
+    'data.num_workers', 'data.num_shards', 'data.max_undecodable_fraction',
+    'data.max_truncated_fraction', 'model.remat', 'mesh.data', 'mesh.fsdp',
 )
 
 
@@ -133,6 +136,18 @@ class WorkdirLock:
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+          # A filesystem without flock (e.g. Lustre mounted without -o flock): run unguarded.
+          if os.fstat(fd).st_size == 0:
+            with contextlib.suppress(OSError):
+              os.unlink(self.path)
+          os.close(fd)
+          print(f'warning: cannot lock {self.path} ({os.strerror(e.errno)}); nothing stops '
+                'a second run from using this workdir at the same time', file=sys.stderr,
+                flush=True)
+          self._held[key] = [None, 1]
+          self._key = key
+          return self
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
           os.close(fd)
           raise
@@ -167,6 +182,8 @@ class WorkdirLock:
       return
     del self._held[key]
     fd = entry[0]
+    if fd is None:  # never locked (see acquire)
+      return
     try:
       if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
         os.unlink(self.path)  # while still holding it: the next start makes a new one
@@ -299,16 +316,34 @@ def flatten(d: dict, prefix: str = '') -> dict:
 
 
 def read_run_config(workdir) -> dict | None:
-  """The flattened config.json of a workdir; None when there is none."""
+  """The flattened config.json of a workdir; None when there is none or it is unreadable."""
   path = Path(workdir) / CONFIG_NAME
   if not path.is_file():
     return None
   try:
     return flatten(json.loads(path.read_text(encoding='utf-8')))
-  except (ValueError, UnicodeDecodeError) as e:
-    raise WorkdirError(f'{path} is unreadable ({type(e).__name__}: {e}); it records the config '
-                       'the checkpoints were trained with: restore it, or pass another '
-                       '--workdir') from None
+  except (ValueError, UnicodeDecodeError):
+    return None
+
+
+def recorded_config(workdir) -> tuple[dict | None, int | None]:
+  """(flattened config, step) that the newest readable checkpoint was written under.
+
+  Checkpoints record their run's config in their meta item (`config`). (None, None) when
+  the newest readable one does not: it was written by an older version.
+  """
+  ck = Path(workdir) / 'checkpoints'
+  steps = sorted((int(p.name) for p in ck.iterdir() if p.name.isdigit() and p.is_dir()),
+                 reverse=True) if ck.is_dir() else []
+  for step in steps:
+    try:
+      meta = json.loads((ck / str(step) / 'meta' / 'metadata').read_text(encoding='utf-8'))
+    except (OSError, ValueError, UnicodeDecodeError):
+      continue  # a corrupt checkpoint (the restore falls back past it): try the previous one
+    if isinstance(meta, dict) and isinstance(meta.get('config'), dict):
+      return flatten(meta['config']), step
+    break
+  return None, None
 
 
 def config_changes(old: dict, new: dict, allowed=RESUMABLE_KEYS) -> tuple[list, list]:
@@ -334,22 +369,34 @@ def check_resume_config(workdir, config, allowed=RESUMABLE_KEYS) -> list:
   """Refuses a config that differs from the one the workdir's checkpoints were written under.
 
   Returns the allowed changes (key, old, new) so the caller can report them. Writes nothing.
-  A workdir without checkpoints takes any config (the run starts afresh).
+  A workdir without checkpoints takes any config (the run starts afresh). Checkpoints of an
+  older version record no config; their workdir's config.json may then be one that a
+  refused start of that version overwrote, so differences from it are only warned about and
+  the checkpoints' own checks decide (parameter shapes, vocab hash, data position).
   """
   workdir = Path(workdir)
   if not has_checkpoints(workdir):
     return []
-  old = read_run_config(workdir)
-  if old is None:
-    return []  # a workdir of an older version: the checkpoint's own structure check decides
   new = flatten(json.loads(config.to_json()))
+  old, step = recorded_config(workdir)
+  if old is None:
+    legacy = read_run_config(workdir)
+    refused, ok = config_changes(legacy, new, allowed) if legacy is not None else ([], [])
+    if refused:
+      print(f'warning: this config differs from {workdir / CONFIG_NAME} in {_fmt(refused)}; '
+            'the checkpoints were written by an older version that did not record their '
+            'config (and may have overwritten config.json on a refused start), so the '
+            'checkpoints\' shapes, vocab and data position are checked instead',
+            file=sys.stderr, flush=True)
+    return ok
   refused, ok = config_changes(old, new, allowed)
   if refused:
     raise WorkdirError(
-        f'the checkpoints in {workdir} were trained with another config ({workdir / CONFIG_NAME}'
-        f'); {len(refused)} key(s) differ (checkpoints -> now): {_fmt(refused)}. Nothing in '
-        f'{workdir} was changed. To resume, run the original command again (without these '
-        'changes); to train with the new settings, pass a new --workdir')
+        f'the checkpoints in {workdir} were trained with another config (recorded in checkpoint '
+        f'{step}; see {workdir / CONFIG_NAME}); {len(refused)} key(s) differ (checkpoints -> '
+        f'now): {_fmt(refused)}. Nothing in {workdir} was changed. To resume, run the original '
+        'command again (without these changes); to train with the new settings, pass a new '
+        '--workdir')
   return ok
 
 

@@ -84,13 +84,26 @@ def test_refused_start_leaves_the_workdir_as_it_was(base_run, corpus, tmp_path):
   cfg, _ = weights.load_pretraining_checkpoint(wd)
   assert cfg['model']['hidden_size'] == 64 and cfg['step'] == 4
 
-  # Without config.json (an older workdir) the checkpoint's own shapes catch it: not corruption.
-  (wd / 'config.json').unlink()
+  # Checkpoints of an older version record no config, and a refused start of that version
+  # overwrote config.json with the rejected one. A model change is still refused, by the
+  # checkpoints' shapes, and not called corruption...
+  for meta in (wd / 'checkpoints').glob('*/meta/metadata'):
+    m = json.loads(meta.read_text())
+    del m['config']
+    meta.write_text(json.dumps(m))
+  cfg = json.loads((wd / 'config.json').read_text())
+  cfg['model']['hidden_size'] = 128
+  (wd / 'config.json').write_text(json.dumps(cfg))
   before = _snapshot(wd)
   line = _error_line(run_main(wd, corpus, **RUN, **{'model.hidden_size': 128}))
   assert 'holds a model of another shape' in line and 'intact' in line
   assert 'corrupt' not in line
   assert _snapshot(wd) == before and not (wd / 'checkpoints.corrupt').exists()
+  # ... and the original command resumes, with a warning, and repairs config.json.
+  r = run_main(wd, corpus, **RUN)
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+  assert 'model.hidden_size: 128 -> 64' in r.stderr and 'Resumed from the checkpoint at step 4' in r.stdout
+  assert json.loads((wd / 'config.json').read_text())['model']['hidden_size'] == 64
 
 
 def test_validation_errors_leave_no_workdir_and_build_nothing(corpus, tmp_path):  # noqa: F811

@@ -397,11 +397,9 @@ def _finetune(config, workdir: Path, start, requested) -> dict:
   train_fn, predict_fn = make_steps(model, tx, schedule, mesh, shardings)
 
   start.started()  # the inputs are checked: from here on the workdir is this run's
-  ran = config.copy_and_resolve_references()
-  for k, v in model_dict.items():
-    if k in ran.model:
-      ran.model[k] = v
-  (workdir / 'config.json').write_text(ran.to_json_best_effort(indent=2, sort_keys=True))
+  ran = json.loads(config.to_json_best_effort())
+  ran['model'] = dict(model_dict)  # what runs, the checkpoint's structure included
+  (workdir / 'config.json').write_text(json.dumps(ran, indent=2, sort_keys=True, default=str))
   (workdir / 'metrics.jsonl').unlink(missing_ok=True)  # a fresh run: no records of an older one
   jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl')
   train_keys = INPUT_KEYS + heads.LABEL_KEYS[task.kind]

@@ -361,7 +361,8 @@ def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache
              + rundir.describe_changes(changes))
   elif t.init_from:
     _print(f'Continuing pre-training from the weights in {t.init_from}')
-  extra_meta = {'vocab_hash': data.tokenizer.vocab_hash}
+  # Each checkpoint records the config it was written under: what a resume is checked against.
+  extra_meta = {'vocab_hash': data.tokenizer.vocab_hash, 'config': json.loads(config.to_json())}
   if export_only:
     ckpt.close()
     out = export(workdir, config, state.params, start, data.tokenizer)
