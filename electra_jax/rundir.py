@@ -95,24 +95,24 @@ def _process():
   return jax.process_index(), jax.process_count()
 
 
-def _holder_line() -> str:
+def _holder_line(what: str) -> str:
   argv = list(getattr(sys, 'orig_argv', None) or sys.argv)
   argv[0] = os.path.basename(argv[0])
   cmd = ' '.join(argv)
   if len(cmd) > 160:
     cmd = cmd[:157].rstrip() + '...'
   now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
-  return json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'since': now,
-                     'command': cmd})
+  return json.dumps({'what': what, 'pid': os.getpid(), 'host': socket.gethostname(),
+                     'since': now, 'command': cmd})
 
 
 def _describe_holder(text: str) -> str:
   try:
     h = json.loads(text)
-    return (f'PID {h["pid"]} on host {h["host"]}, since {h["since"]}'
-            + (f': {h["command"]}' if h.get('command') else ''))
+    return (f'a {h.get("what", "run")} (PID {h["pid"]} on host {h["host"]}, since {h["since"]}'
+            + (f': {h["command"]}' if h.get('command') else '') + ')')
   except (ValueError, KeyError, TypeError):
-    return 'a process that has not yet written its PID'
+    return 'another process (that has not yet written its PID)'
 
 
 class WorkdirLock:
@@ -154,9 +154,8 @@ class WorkdirLock:
         holder = os.pread(fd, 4096, 0).decode('utf-8', 'replace').strip()
         os.close(fd)
         raise WorkdirError(
-            f'workdir {self.path.parent} is in use by another {self.what} '
-            f'({_describe_holder(holder)}); wait for it to end or stop it, or pass another '
-            '--workdir') from None
+            f'workdir {self.path.parent} is in use by {_describe_holder(holder)}; wait for it '
+            'to end or stop it, or pass another --workdir') from None
       # The holder before us may have removed the file between our open and our lock: only a
       # lock on the file that is at the path now counts.
       try:
@@ -167,7 +166,7 @@ class WorkdirLock:
         break
       os.close(fd)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (_holder_line() + '\n').encode(), 0)
+    os.pwrite(fd, (_holder_line(self.what) + '\n').encode(), 0)
     self._held[key] = [fd, 1]
     self._key = key
     return self

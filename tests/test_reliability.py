@@ -164,7 +164,7 @@ def test_one_run_per_workdir(base_run, corpus, tmp_path):  # noqa: F811
     _wait_for_lock(holder, wd / rundir.LOCK_NAME)
     who = f'PID {holder.pid} on host {socket.gethostname()}'
     line = _error_line(run_main(wd, corpus, **RUN))
-    assert f'in use by another run ({who}' in line, line
+    assert f'in use by a pre-training run ({who}' in line, line
     ft = _run([sys.executable, '-m', 'electra_jax.finetune',
                '--config=configs/finetune.py:task=rte,size=tiny,runlocal=True', f'--workdir={wd}'])
     assert ft.returncode != 0 and who in ft.stderr, ft.stderr[-2000:]

@@ -317,7 +317,7 @@ def train_and_evaluate(config, workdir, *, cache_dir=None, export_only: bool = F
   mesh = sharding.make_mesh(config.mesh)
   check_train_config(config, mesh)
   model = build_model(config)  # validates config.model before the (slow) data build
-  with rundir.RunStart(workdir) as run_start:
+  with rundir.RunStart(workdir, 'pre-training run') as run_start:
     changes = rundir.check_resume_config(workdir, config)
     tokenizer, vocab_path = load_tokenizer(config, cache_dir)
     check_vocab(config, tokenizer, str(vocab_path))  # before the (slow) data build
