@@ -93,7 +93,13 @@ def get_config(arg=None):
   c.model = pretrain.get_config(f'size={arg.size}').model
   c.model.vocab_size = 0
 
-  c.head = ml_collections.ConfigDict(dict(dropout_rate=0.1))
+  c.head = ml_collections.ConfigDict(dict(
+      dropout_rate=0.1,
+      # Classification / regression head: official (dropout, one dense layer on [CLS], the
+      # paper's) | hf (Hugging Face's dense -> GELU -> dropout -> dense: exports exactly to
+      # ElectraForSequenceClassification).
+      form='official',
+  ))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=lr,
@@ -115,6 +121,10 @@ def get_config(arg=None):
       epochs=0.0,  # 0 = the task's (RTE / STS-B 10, SQuAD 2, others 3)
       seq_len=384 if squad else 128,  # examples are truncated / windowed to this length
       log_every=50,
+      # Checkpoints (train state, data position, dropout key) every N steps and at the end
+      # of every epoch (0: only there); a run started again resumes from the newest one.
+      checkpoint_every=1000,
+      keep_checkpoints=2,
       # '' = random init; an export dir | a pre-training workdir | a Hugging Face dir | a TF1
       # checkpoint (electra_jax.io.weights.load); the same key as pre-training's.
       init_from=arg.init,

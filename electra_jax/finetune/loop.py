@@ -33,8 +33,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from electra_jax import optim
+from electra_jax.io import checkpoint
+from electra_jax.io import finetuned
 from electra_jax.io import weights
 from electra_jax import runlog
 from electra_jax import sharding
@@ -102,7 +105,7 @@ def load_features(task, config, tokenizer, split: str, train: bool,
 
 def build_model(model_cfg: electra.ModelConfig, task, config) -> heads.FinetuneModel:
   head = heads.HeadConfig(kind=task.kind, num_labels=task.num_labels,
-                          dropout_rate=config.head.dropout_rate,
+                          dropout_rate=config.head.dropout_rate, form=config.head.form,
                           answerability=task.kind == 'span' and getattr(task, 'version', 1) == 2)
   return heads.FinetuneModel(model_cfg, head)
 
@@ -259,14 +262,85 @@ def load_tokenizer(config, checkpoint: weights.Pretrained | None):
   return weights.load_tokenizer(config.data.vocab, checkpoint, config.data.lowercase)
 
 
-def finetune_and_evaluate(config, workdir: str) -> dict:
-  """Fine-tunes one seed (config.seed) and returns the results dict (also results.json)."""
+def check_train_config(config) -> None:
+  t = config.train
+  for name in ('batch_size', 'eval_batch_size', 'log_every', 'keep_checkpoints'):
+    if t[name] < 1:
+      raise ValueError(f'train.{name}={t[name]}; expected >= 1')
+  if t.checkpoint_every < 0:
+    raise ValueError(f'train.checkpoint_every={t.checkpoint_every}; expected >= 0 (0: only at '
+                     'the end of each epoch)')
+  if config.head.form not in heads.HEAD_FORMS:
+    raise ValueError(f'head.form={config.head.form!r}; expected one of {heads.HEAD_FORMS}')
+
+
+def _write_config(config, workdir: Path) -> None:
+  """workdir/config.json := the config; warns about keys changed since the last run here."""
+  path = workdir / 'config.json'
+  new = json.loads(config.to_json_best_effort())
+  if path.exists():
+    old = json.loads(path.read_text())
+    changed = sorted(k for k in set(_flat(old)) | set(_flat(new))
+                     if _flat(old).get(k) != _flat(new).get(k))
+    if changed:
+      log.warning('config differs from the previous run in %s: %s', workdir, changed)
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(new, indent=2, sort_keys=True) + '\n')
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+  return out
+
+
+def _check_resume(meta: dict, step: int, position: dict, num_features: int, num_steps: int,
+                  steps_per_epoch: int, where: Path) -> None:
+  """The checkpoint must come from a run over the same training data and schedule."""
+  for name, saved, now in (('training features', meta['num_train_features'], num_features),
+                           ('steps', meta['num_steps'], num_steps)):
+    if saved != now:
+      raise ValueError(f'the checkpoints in {where} are of a run with {saved} {name}, this one '
+                       f'has {now}; use a new --workdir (or the data and config of that run)')
+  if position['epoch'] * steps_per_epoch + position['batch'] != step:
+    raise ValueError(f'checkpoint {step} in {where}: data position {position} does not fit '
+                     f'{steps_per_epoch} steps per epoch')
+
+
+def task_info(task, config) -> dict:
+  """What a saved model records of its task: enough to rebuild it with registry.get_task."""
+  settings = {}
+  if task.kind == 'span':
+    settings = {k: config.task[k] for k in ('doc_stride', 'max_query_length', 'n_best_size',
+                                            'max_answer_length')}
+  return {'name': task.name, 'kind': task.kind, 'label_list': list(task.label_list),
+          'num_labels': task.num_labels, 'main_metric': task.main_metric, 'settings': settings}
+
+
+def save_model(workdir: Path, params, model_dict: dict, model, task, config, tokenizer,
+               step: int) -> Path:
+  """workdir/model/: the fine-tuned weights, head, configs, labels and vocab (io/finetuned)."""
+  info = {'model': model_dict, 'head': dataclasses.asdict(model.head),
+          'task': task_info(task, config), 'seq_len': int(config.train.seq_len),
+          'lowercase': bool(tokenizer.lowercase), 'step': int(step)}
+  return finetuned.save(workdir / 'model', params, info, list(tokenizer.tokens))
+
+
+def finetune_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
+  """Fine-tunes one seed (config.seed) and returns the results dict (also results.json).
+
+  Resumes from the newest checkpoint in `workdir` (state, data position and dropout key),
+  so a killed run started again with the same command logs bit-identical losses and dev
+  metrics. On SIGTERM/SIGINT it saves a checkpoint and returns {'preempted': signal name,
+  'step': step} without writing results. Everything is checked (task, weights, vocab,
+  data) before anything is written to `workdir`.
+  """
   t_start = time.time()
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  t = config.train
+  check_train_config(config)
   task = build_task(config)
-  ckpt = weights.load(config.train.init_from) if config.train.init_from else None
+  ckpt = weights.load(t.init_from) if t.init_from else None
   tokenizer = load_tokenizer(config, ckpt)
 
   model_dict = dict(config.model)
@@ -282,8 +356,8 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
   model = build_model(model_cfg, task, config)
 
   mesh = sharding.make_mesh(config.mesh)
-  _check_batch_size('train.batch_size', config.train.batch_size, mesh)
-  _check_batch_size('train.eval_batch_size', config.train.eval_batch_size, mesh)
+  _check_batch_size('train.batch_size', t.batch_size, mesh)
+  _check_batch_size('train.eval_batch_size', t.eval_batch_size, mesh)
 
   train_feats = load_features(task, config, tokenizer, config.data.train_split, True,
                               config.data.max_train_examples)
@@ -291,80 +365,144 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
   eval_feats = {s: load_features(task, config, tokenizer, s, False, config.data.max_eval_examples)
                 for s in eval_splits}
 
-  epochs = config.train.epochs or task.epochs
-  num_steps = task_base.num_train_steps(len(train_feats), config.train.batch_size, epochs)
-  steps_per_epoch = len(train_feats) // config.train.batch_size
+  epochs = t.epochs or task.epochs
+  num_steps = task_base.num_train_steps(len(train_feats), t.batch_size, epochs)
+  steps_per_epoch = len(train_feats) // t.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f'{len(train_feats)} training features is fewer than one batch of '
-                     f'train.batch_size={config.train.batch_size}')
+                     f'train.batch_size={t.batch_size}')
 
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _write_config(config, workdir)
   rng = jax.random.key(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
-  params_shape = nn.meta.unbox(jax.eval_shape(
-      functools.partial(_init_params, model, config.train.seq_len), init_rng))
+  init_fn = functools.partial(_init_params, model, t.seq_len)
+  params_shape = nn.meta.unbox(jax.eval_shape(init_fn, init_rng))
   tx, schedule = make_optimizer(config, params_shape, model_cfg.num_layers, num_steps)
-  state, shardings, missing, unexpected = create_state(
-      model, tx, mesh, config.train.seq_len, init_rng,
-      None if ckpt is None else ckpt.params)
-  if ckpt is not None:
-    log.info('init from %s (%s): %d missing keys (initialised at random): %s', ckpt.path,
-             ckpt.kind, len(missing), missing)
-    log.info('%d unexpected keys (ignored): %s', len(unexpected), unexpected)
+  abstract = state_lib.abstract(init_fn, tx, mesh)
+  ckpt_mgr = checkpoint.Checkpointer(workdir, t.keep_checkpoints, abstract)
+  restored = ckpt_mgr.restore_latest()
+  if restored is not None:
+    meta = restored.meta
+    _check_resume(meta, restored.step, restored.loader_state, len(train_feats), num_steps,
+                  steps_per_epoch, ckpt_mgr.directory)
+    state, dropout_rng, step = restored.state, restored.rng, restored.step
+    history, missing, unexpected = meta['history'], meta['missing_keys'], meta['unexpected_keys']
+    position = restored.loader_state
+    _print(f'Resumed from the checkpoint at step {step} in {ckpt_mgr.directory}')
   else:
-    log.info('random initialisation (no train.init_from)')
+    state, _, missing, unexpected = create_state(
+        model, tx, mesh, t.seq_len, init_rng, None if ckpt is None else ckpt.params)
+    step, history, position = 0, [], {'epoch': 0, 'batch': 0}
+    if ckpt is not None:
+      log.info('init from %s (%s): %d missing keys (initialised at random): %s', ckpt.path,
+               ckpt.kind, len(missing), missing)
+      log.info('%d unexpected keys (ignored): %s', len(unexpected), unexpected)
+    else:
+      log.info('random initialisation (no train.init_from)')
   log.info('model: %d parameters; %d steps (%g epochs x %d steps), lr %g, layer decay %g',
            heads.count_params(state.params), num_steps, epochs, steps_per_epoch,
            config.optimizer.learning_rate, config.optimizer.layerwise_lr_decay)
-  train_fn, predict_fn = make_steps(model, tx, schedule, mesh, shardings)
+  train_fn, predict_fn = make_steps(model, tx, schedule, mesh, state_lib.shardings_of(abstract))
 
   jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl')
   train_keys = INPUT_KEYS + heads.LABEL_KEYS[task.kind]
   train_arrays = {k: train_feats.arrays[k] for k in train_keys}
-  history, pending, last_outputs, t_train = [], [], {}, time.time()
-  step = 0
-  num_epochs = math.ceil(epochs)
-  for epoch in range(num_epochs):
-    for batch in task_base.train_batches(train_arrays, config.train.batch_size, config.seed,
-                                         epoch):
-      if step >= num_steps:
-        break
-      state, metrics = train_fn(state, sharding.global_batch(_host_rows(batch), mesh),
-                                dropout_rng)
-      pending.append(metrics)
-      step += 1
-      if step % config.train.log_every == 0 or step == num_steps:
-        _log_train(jsonl, pending, step, num_steps, epoch, t_train)
-        pending = []
+  main = task.main_metric
+  last_outputs, pending, preempted, t_train = {}, [], None, time.time()
+  bar = tqdm(total=num_steps, initial=step, unit='step', dynamic_ncols=True, smoothing=0.1,
+             disable=not progress or jax.process_index() != 0, mininterval=1.0)
+  if history:
+    bar.set_postfix({f'dev_{main}': f'{history[-1][eval_splits[0]][main]:.4g}'}, refresh=False)
+
+  def save(position):
+    ckpt_mgr.save(step, state, position, dropout_rng,
+                  {'history': history, 'missing_keys': missing, 'unexpected_keys': unexpected,
+                   'num_train_features': len(train_feats), 'num_steps': num_steps})
+
+  def flush(epoch):
+    nonlocal pending
     if pending:
-      _log_train(jsonl, pending, step, num_steps, epoch, t_train)
+      mean = _log_train(jsonl, pending, step, num_steps, epoch, t_train)
+      bar.set_postfix({'loss': f'{mean["loss"]:.4g}', **(
+          {f'dev_{main}': f'{history[-1][eval_splits[0]][main]:.4g}'} if history else {})},
+                      refresh=False)
       pending = []
-    record = {'epoch': epoch + 1, 'step': step}
-    for split, feats in eval_feats.items():
-      outputs = predict(predict_fn, state.params, feats, config.train.eval_batch_size, mesh)
-      last_outputs[split] = outputs
-      record[split] = task.compute_metrics(task_predictions(task, outputs), feats)
-      log.info('epoch %d %s/%s: %s', epoch + 1, task.name, split, _fmt(record[split]))
-    jsonl.write(record)
-    history.append(record)
-    if step >= num_steps:
-      break
+
+  num_epochs = math.ceil(epochs)
+  try:
+    with checkpoint.Preemption(ckpt_mgr) as preempt:
+      for epoch in range(position['epoch'], num_epochs):
+        if step >= num_steps:
+          break
+        skip = position['batch'] if epoch == position['epoch'] else 0
+        stop = epoch_end = False
+        for i, batch in enumerate(task_base.train_batches(train_arrays, t.batch_size,
+                                                          config.seed, epoch)):
+          if i < skip:
+            continue  # the batches the checkpoint's state has already seen
+          if step >= num_steps:
+            break
+          state, metrics = train_fn(state, sharding.global_batch(_host_rows(batch), mesh),
+                                    dropout_rng)
+          pending.append(metrics)
+          step += 1
+          bar.update(1)
+          stop = preempt.requested(step)
+          epoch_end = (i + 1) == steps_per_epoch or step == num_steps
+          ckpt_due = bool(t.checkpoint_every) and step % t.checkpoint_every == 0
+          if step % t.log_every == 0 or ckpt_due or stop or epoch_end:
+            flush(epoch)
+          if epoch_end:
+            break
+          if ckpt_due or stop:  # mid-epoch; the epoch's end is saved after its evaluation
+            save({'epoch': epoch, 'batch': i + 1})
+          if stop:
+            break
+        if stop and not epoch_end:
+          preempted = preempt.signal
+          break
+        flush(epoch)
+        record = {'epoch': epoch + 1, 'step': step}
+        for split, feats in eval_feats.items():
+          outputs = predict(predict_fn, state.params, feats, t.eval_batch_size, mesh)
+          last_outputs[split] = outputs
+          record[split] = task.compute_metrics(task_predictions(task, outputs), feats)
+          _print(f'epoch {epoch + 1} {task.name}/{split}: {_fmt(record[split])}', bar)
+        jsonl.write(record)
+        history.append(record)
+        bar.set_postfix({f'dev_{main}': f'{record[eval_splits[0]][main]:.4g}'}, refresh=False)
+        save({'epoch': epoch + 1, 'batch': 0})
+        if stop:
+          preempted = preempt.signal
+          break
+  finally:
+    bar.close()
+    ckpt_mgr.close()  # waits for the async saves in flight
+    jsonl.close()
+  if preempted:
+    _print(f'{preempted}: saved a checkpoint at step {step} in {ckpt_mgr.directory}; run the '
+           'same command again to resume')
+    return {'preempted': preempted, 'step': step}
   train_time = time.time() - t_train
-  jsonl.close()
 
   for split, feats in eval_feats.items():
     if task.kind == 'span':  # The answers behind the final SQuAD scores.
-      outputs = last_outputs[split]
+      outputs = last_outputs.get(split) or predict(predict_fn, state.params, feats,
+                                                   t.eval_batch_size, mesh)
       preds, _, _ = task.postprocess(feats, outputs['start_logits'], outputs['end_logits'],
                                      outputs.get('answerable_logits'))
-      (workdir / f'predictions_{split}.json').write_text(json.dumps(preds, indent=1))
+      if jax.process_index() == 0:
+        (workdir / f'predictions_{split}.json').write_text(json.dumps(preds, indent=1))
   test_files = write_test_predictions(task, config, tokenizer, predict_fn, state.params, mesh,
                                       workdir)
+  model_dir = save_model(workdir, state.params, model_dict, model, task, config, tokenizer, step)
 
   final = history[-1] if history else {}
-  main = task.main_metric
   best = max(history, key=lambda r: r[eval_splits[0]][main]) if history else {}
   results = {
-      'task': task.name, 'seed': config.seed, 'init_from': config.train.init_from,
+      'task': task.name, 'seed': config.seed, 'init_from': t.init_from,
       'init_kind': 'random' if ckpt is None else ckpt.kind,
       'model': dataclasses.asdict(model_cfg), 'num_params': heads.count_params(state.params),
       'missing_keys': missing, 'unexpected_keys': unexpected,
@@ -375,9 +513,11 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
       'dev': {s: final[s] for s in eval_splits} if final else {},
       'best_epoch': best.get('epoch'), 'history': history,
       'test_prediction_files': [str(p) for p in test_files],
+      'model_dir': str(model_dir),
       'train_time_s': round(train_time, 1), 'wall_time_s': round(time.time() - t_start, 1),
   }
-  (workdir / 'results.json').write_text(json.dumps(results, indent=2, sort_keys=True))
+  if jax.process_index() == 0:
+    (workdir / 'results.json').write_text(json.dumps(results, indent=2, sort_keys=True))
   log.info('final %s: %s (wall %.0f s)', task.name,
            {s: _fmt(m) for s, m in results['dev'].items()}, results['wall_time_s'])
   return results
@@ -413,11 +553,18 @@ def _log_train(jsonl, pending: list, step: int, num_steps: int, epoch: int, t0: 
   mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
   if not all(math.isfinite(v) for v in mean.values()):
     raise FloatingPointError(f'non-finite training metrics at step {step}: {mean}')
-  elapsed = time.time() - t0
-  eta = elapsed / step * (num_steps - step)
-  log.info('step %d/%d epoch %d: %s (%.2f s/step, ETA %.0f s)', step, num_steps, epoch + 1,
-           _fmt(mean), elapsed / step, eta)
+  log.info('step %d/%d epoch %d: %s', step, num_steps, epoch + 1, _fmt(mean))
   jsonl.write({'step': step, 'epoch': epoch + 1, 'train': mean})
+  return mean
+
+
+def _print(line: str, bar=None) -> None:
+  if jax.process_index() != 0:
+    return
+  if bar is not None and not bar.disable:
+    bar.write(line)
+  else:
+    print(line, flush=True)
 
 
 def _fmt(d: dict) -> str:

@@ -6,7 +6,8 @@
 
 `path` is, as `detect(path)` names it,
   export       an electra_jax export dir (model_config.json + *.msgpack), as pre-training
-               (RUN/export) or electra_jax.io.convert writes it
+               (RUN/export) or electra_jax.io.convert writes it, or a fine-tuned model
+               (RUN/model, electra_jax.io.finetuned: its encoder)
   pretraining  a pre-training run (config.json + checkpoints/): its latest checkpoint, the
                towers cut out with the run's embedding sharing
   huggingface  a Hugging Face ELECTRA dir (config.json + pytorch_model.bin / model.safetensors),
@@ -39,6 +40,7 @@ from electra_jax import runlog
 from electra_jax.data import tokenizer as tok_lib
 from electra_jax.io import checkpoint
 from electra_jax.io import common
+from electra_jax.io import finetuned
 from electra_jax.io import huggingface as hf
 from electra_jax.io import tf1
 from electra_jax.io.common import Converted
@@ -103,6 +105,10 @@ def load(path, tree: str = 'model', *, setting: str = 'train.init_from') -> Pret
   p = Path(path).expanduser()
   fmt = detect(p, setting)
   if tree == 'model':
+    if fmt == 'export' and finetuned.is_saved_model(p):  # a fine-tuned model: its encoder
+      m = finetuned.load(p)
+      params = {k: m.params[k] for k in ('embeddings', 'discriminator')}
+      return Pretrained(str(p), fmt, m.model_config, params, m.vocab, m.lowercase)
     if fmt == 'export':
       cfg, params = checkpoint.load_exported(p, 'discriminator')
       vocab = p / 'vocab.txt'
