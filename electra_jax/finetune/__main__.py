@@ -10,6 +10,7 @@ runs electra_jax.finetune.multiseed (the median over seeds). Multi-host: pass
 jax.distributed.initialize() detect the cluster, as for pre-training.
 """
 
+import functools
 import logging
 from pathlib import Path
 
@@ -22,7 +23,9 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   cli.define_config('configs/finetune.py:task=rte')
-  flags.DEFINE_string('workdir', None, 'Output directory (metrics, results.json, predictions).')
+  flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, metrics, results.json, '
+                      'model/); run the same command again to resume.')
+  flags.DEFINE_bool('progress', True, 'Show a progress bar (--noprogress: log lines only).')
   cli.define_distributed()
 
 
@@ -39,10 +42,11 @@ def main(argv):
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
   logging.getLogger().addHandler(handler)
   logging.getLogger().setLevel(logging.INFO)
+  finetune_fn = functools.partial(loop.finetune_and_evaluate, progress=FLAGS.progress)
   if config.num_seeds > 1:
-    multiseed.run_seeds(config, workdir)
+    multiseed.run_seeds(config, workdir, finetune_fn)
   else:
-    loop.finetune_and_evaluate(config, workdir)
+    finetune_fn(config, workdir)
 
 
 def run():

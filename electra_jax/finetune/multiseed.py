@@ -55,7 +55,10 @@ def run_seeds(config, workdir: str, finetune_fn=None) -> dict:
     cfg.seed = config.seed + k
     cfg.num_seeds = 1
     log.info('seed %d (%d of %d)', cfg.seed, k + 1, config.num_seeds)
-    results.append(finetune_fn(cfg, str(workdir / f'seed_{cfg.seed}')))
+    result = finetune_fn(cfg, str(workdir / f'seed_{cfg.seed}'))
+    if result.get('preempted'):  # saved; the same command resumes this seed
+      return result
+    results.append(result)
   summary = {'task': results[0]['task'], 'main_metric': results[0]['main_metric'],
              'seeds': [r['seed'] for r in results], 'dev': summarize_runs(results),
              'wall_time_s': round(sum(r['wall_time_s'] for r in results), 1)}
