@@ -12,7 +12,6 @@ jax.distributed.initialize() detect the cluster, as for pre-training.
 
 import functools
 import logging
-from pathlib import Path
 
 from absl import flags
 
@@ -36,11 +35,7 @@ def main(argv):
   cli.init_distributed()
   from electra_jax.finetune import loop  # pylint: disable=g-import-not-at-top  (after init)
   from electra_jax.finetune import multiseed  # pylint: disable=g-import-not-at-top
-  workdir = FLAGS.workdir
-  Path(workdir).mkdir(parents=True, exist_ok=True)
-  handler = logging.FileHandler(Path(workdir) / 'log.txt')
-  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
-  logging.getLogger().addHandler(handler)
+  workdir = FLAGS.workdir  # created (with its log.txt) once the inputs are checked
   logging.getLogger().setLevel(logging.INFO)
   finetune_fn = functools.partial(loop.finetune_and_evaluate, progress=FLAGS.progress)
   if config.num_seeds > 1:

@@ -221,15 +221,20 @@ def _to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def predict(predict_fn, params, features: task_base.Features, batch_size: int, mesh) -> dict:
+def predict(predict_fn, params, features: task_base.Features, batch_size: int, mesh,
+            progress: bool = False) -> dict:
   """Head outputs for every feature, in order: name -> np.ndarray [N, ...].
 
   The last batch is zero-padded (weights 0) and the padding rows are dropped,
-  so no example is lost and none is counted twice.
+  so no example is lost and none is counted twice. progress: a tqdm bar over batches.
   """
   arrays = {k: features.arrays[k] for k in INPUT_KEYS}
   chunks: dict[str, list] = {}
-  for batch in task_base.eval_batches(arrays, batch_size):
+  batches = task_base.eval_batches(arrays, batch_size)
+  if progress and jax.process_index() == 0:
+    batches = tqdm(batches, total=-(-len(features) // batch_size), unit='batch',
+                   dynamic_ncols=True, mininterval=1.0)
+  for batch in batches:
     row_weights = batch.pop('weights')
     out = _to_host(predict_fn(params, sharding.global_batch(_host_rows(batch), mesh)))
     real = row_weights > 0
@@ -374,6 +379,33 @@ def finetune_and_evaluate(config, workdir: str, *, progress: bool = True) -> dic
 
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  log_file = _attach_log_file(workdir)
+  try:
+    return _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cfg, model,
+                  mesh, train_feats, eval_splits, eval_feats, epochs, num_steps,
+                  steps_per_epoch, progress)
+  finally:
+    logging.getLogger().removeHandler(log_file)
+    log_file.close()
+
+
+def _attach_log_file(workdir: Path) -> logging.Handler:
+  """Appends this process's log records to workdir/log.txt (until removed)."""
+  name = 'log.txt' if jax.process_index() == 0 else f'log.{jax.process_index()}.txt'
+  handler = logging.FileHandler(workdir / name)
+  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+  logging.getLogger().addHandler(handler)
+  return handler
+
+
+def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cfg, model, mesh,
+           train_feats, eval_splits, eval_feats, epochs, num_steps, steps_per_epoch,
+           progress) -> dict:
+  """The rest of finetune_and_evaluate, once its inputs are checked and workdir exists."""
+  t = config.train
+  log.info('%s: %d training features, %d steps (%g epochs x %d); dev %s', task.name,
+           len(train_feats), num_steps, epochs, steps_per_epoch,
+           {s: len(f) for s, f in eval_feats.items()})
   _write_config(config, workdir)
   rng = jax.random.key(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
