@@ -20,6 +20,7 @@ from runtime_util import REPO, env
 from test_finetune import VOCAB
 
 SEQ_LEN = 32
+ENCODER = ('embeddings', 'discriminator')
 
 
 def saved_model(root, task_name, form='official', seed=0):
@@ -34,7 +35,8 @@ def saved_model(root, task_name, form='official', seed=0):
   model = loop.build_model(electra.ModelConfig.from_config(dict(c.model)), task, c)
   params = nn.meta.unbox(loop._init_params(model, SEQ_LEN, jax.random.key(seed)))
   # Larger head weights than the init's, so the probabilities are far from uniform.
-  params = jax.tree.map(lambda x: np.asarray(x) * 20, params)
+  params = {k: jax.tree.map(lambda x: np.asarray(x) * (1 if k in ENCODER else 20), v)
+            for k, v in params.items()}
   tok = tok_lib.WordPieceTokenizer(VOCAB)
   loop.save_model(root, params, dict(c.model), model, task, c, tok, 7)
   return root / 'model', model, params, tok
