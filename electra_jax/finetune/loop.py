@@ -42,6 +42,7 @@ from electra_jax.io import weights
 from electra_jax import runlog
 from electra_jax import sharding
 from electra_jax import state as state_lib
+from electra_jax.finetune import plots
 from electra_jax.finetune.tasks import base as task_base
 from electra_jax.finetune.tasks import registry
 from electra_jax.models import electra
@@ -439,6 +440,7 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
   train_fn, predict_fn = make_steps(model, tx, schedule, mesh, state_lib.shardings_of(abstract))
 
   jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl')
+  tb = runlog.TensorBoard(workdir)
   train_keys = INPUT_KEYS + heads.LABEL_KEYS[task.kind]
   train_arrays = {k: train_feats.arrays[k] for k in train_keys}
   main = task.main_metric
@@ -457,6 +459,7 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
     nonlocal pending
     if pending:
       mean = _log_train(jsonl, pending, step, num_steps, epoch, t_train)
+      tb.write(step, mean, 'train')
       bar.set_postfix({'loss': f'{mean["loss"]:.4g}', **(
           {f'dev_{main}': f'{history[-1][eval_splits[0]][main]:.4g}'} if history else {})},
                       refresh=False)
@@ -502,6 +505,7 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
           last_outputs[split] = outputs
           record[split] = task.compute_metrics(task_predictions(task, outputs), feats)
           _print(f'epoch {epoch + 1} {task.name}/{split}: {_fmt(record[split])}', bar)
+          tb.write(step, record[split], f'dev_{split}')
         jsonl.write(record)
         history.append(record)
         bar.set_postfix({f'dev_{main}': f'{record[eval_splits[0]][main]:.4g}'}, refresh=False)
@@ -513,6 +517,7 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
     bar.close()
     ckpt_mgr.close()  # waits for the async saves in flight
     jsonl.close()
+    tb.close()
   if preempted:
     _print(f'{preempted}: saved a checkpoint at step {step} in {ckpt_mgr.directory}; run the '
            'same command again to resume')
@@ -530,6 +535,7 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
   test_files = write_test_predictions(task, config, tokenizer, predict_fn, state.params, mesh,
                                       workdir)
   model_dir = save_model(workdir, state.params, model_dict, model, task, config, tokenizer, step)
+  curves = plots.plot_run(workdir) if jax.process_index() == 0 and history else None
 
   final = history[-1] if history else {}
   best = max(history, key=lambda r: r[eval_splits[0]][main]) if history else {}
@@ -545,7 +551,7 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
       'dev': {s: final[s] for s in eval_splits} if final else {},
       'best_epoch': best.get('epoch'), 'history': history,
       'test_prediction_files': [str(p) for p in test_files],
-      'model_dir': str(model_dir),
+      'model_dir': str(model_dir), 'curves': str(curves) if curves else None,
       'train_time_s': round(train_time, 1), 'wall_time_s': round(time.time() - t_start, 1),
   }
   if jax.process_index() == 0:
