@@ -28,6 +28,10 @@ batch 32, Adam eps 1e-6, weight decay 0.01, 3 epochs (RTE, STS-B 10; SQuAD 2),
 max_seq_length 128 (SQuAD 384, doc stride 128, query 64, n-best 20, answer 30).
 `tiny` (2 layers, 64 hidden) is ours for CPU runs: lr 1e-3, decay 0.8.
 
+The run checkpoints every train.checkpoint_every steps and after every epoch; the same
+command resumes it exactly. It ends by writing workdir/model/ (weights, head, configs,
+labels, vocab) for electra_jax.predict and the export to Hugging Face.
+
 Expected: ELECTRA-Small medians (official README, dev) CoLA 57.0, MRPC 88.0,
 RTE 66.7. Measured at size=tiny on 2 shared CPU cores (wall): RTE (10 epochs)
 5-14 min, MRPC 6-11 min, CoLA 7-14 min; SQuAD 1.1 (38 dev articles, 2 epochs,

@@ -1,4 +1,5 @@
-"""Checkpoints of a pre-training run, resume with fallback, and the params export.
+"""Checkpoints of a pre-training or fine-tuning run, resume with fallback, preemption, and
+the params export.
 
 Layout of a workdir:
   checkpoints/<step>/state   the TrainState (orbax StandardSave, sharded arrays)
@@ -12,6 +13,7 @@ Layout of a workdir:
     restored = ckpt.restore_latest()      # None on a fresh workdir; falls back past corrupt ones
     ckpt.save(step, state, loader_state, rng)
     ckpt.close()                          # waits for the async save in flight
+    with Preemption(ckpt) as p: ... p.requested(step)   # SIGTERM/SIGINT -> save and stop
 
 For fine-tuning and conversion:
     model_config, params = load_exported('RUN/export')             # ElectraModel params
