@@ -41,6 +41,7 @@ from electra_jax import sharding
 from electra_jax import state as state_lib
 from electra_jax.data import tokenizer as tok_lib
 from electra_jax.finetune import loop
+from electra_jax.finetune.tasks import base as task_base
 from electra_jax.finetune.tasks import chunking
 from electra_jax.finetune.tasks import glue
 from electra_jax.finetune.tasks import registry
@@ -61,6 +62,8 @@ def define_flags():
                     '(.jsonl / .json -> jsonl, else tsv).')
   flags.DEFINE_integer('batch_size', 64, 'Rows (SQuAD: windows) per batch; a multiple of the '
                        'device count.')
+  flags.DEFINE_integer('length_buckets', 4, 'Batch rows of similar length, cut to one of this '
+                       'many lengths up to the model\'s seq_len (1: all at seq_len).')
   flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 
 
@@ -148,7 +151,8 @@ def examples(task, rows: list[dict]) -> list:
 class Predictor:
   """A saved fine-tuned model, ready to predict: Predictor(path)(rows) -> output dicts."""
 
-  def __init__(self, path, batch_size: int = 64, progress: bool = False):
+  def __init__(self, path, batch_size: int = 64, progress: bool = False,
+               length_buckets: int = 4):
 
     self.saved = finetuned.load(path)
     info = self.saved.task
@@ -165,6 +169,7 @@ class Predictor:
                        f'{shards} devices')
     self.batch_size = batch_size
     self.progress = progress
+    self.buckets = task_base.bucket_lengths(self.saved.seq_len, length_buckets)
     self.params = jax.device_put(self.saved.params, sharding.replicated(self.mesh))
     self._predict_fn = state_lib.jit(functools.partial(loop.predict_step, model=model),
                                      self.mesh, ('replicated', 'batch'), 'batch')
@@ -175,7 +180,7 @@ class Predictor:
     feats = self.task.featurize(examples(self.task, rows), self.tokenizer, self.saved.seq_len,
                                 False)
     out = loop.predict(self._predict_fn, self.params, feats, self.batch_size, self.mesh,
-                             progress=self.progress)
+                        progress=self.progress, buckets=self.buckets)
     return self._format(out, feats)
 
   def _format(self, out: dict, feats) -> list[dict]:
@@ -207,12 +212,12 @@ class Predictor:
 
 
 def predict_file(model: str, input_path: str, output_path: str, fmt: str = 'auto',
-                 batch_size: int = 64, progress: bool = False) -> int:
+                 batch_size: int = 64, progress: bool = False, length_buckets: int = 4) -> int:
   """Predicts every row of `input_path` into `output_path`; returns the number of rows.
 
   A malformed row raises ValueError (naming its line) after the rows before it are written.
   """
-  predictor = Predictor(model, batch_size, progress)
+  predictor = Predictor(model, batch_size, progress, length_buckets)
   rows, bad = read_rows(input_path, predictor.kind, fmt)
   results = predictor(rows)
   out = Path(output_path)
@@ -229,7 +234,7 @@ def main(argv):
   cli.no_positional(argv)
   cli.require(model=FLAGS.model, input=FLAGS.input, output=FLAGS.output)
   n = predict_file(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.format, FLAGS.batch_size,
-                   FLAGS.progress)
+                   FLAGS.progress, FLAGS.length_buckets)
   print(f'wrote {n} predictions to {FLAGS.output}', flush=True)
 
 

@@ -51,6 +51,7 @@ from electra_jax.models import heads
 log = logging.getLogger(__name__)
 
 INPUT_KEYS = ('input_ids', 'input_mask', 'segment_ids')
+_SPAN_OUTPUTS = ('start_logits', 'end_logits')  # per-token; padding gets heads.MASK_LOGIT
 # Local on-disk source name of each task family (config.data.source='local').
 _LOCAL_SOURCE = {'classification': 'tsv', 'regression': 'tsv', 'span': 'json',
                  'tagging': 'conll'}
@@ -223,25 +224,44 @@ def _to_host(tree):
 
 
 def predict(predict_fn, params, features: task_base.Features, batch_size: int, mesh,
-            progress: bool = False) -> dict:
+            progress: bool = False, buckets=None) -> dict:
   """Head outputs for every feature, in order: name -> np.ndarray [N, ...].
 
   The last batch is zero-padded (weights 0) and the padding rows are dropped,
   so no example is lost and none is counted twice. progress: a tqdm bar over batches.
+  buckets (task_base.bucket_lengths): rows run sorted by length in batches cut to their
+  bucket's length; per-token outputs come back padded to the full length (start / end
+  logits with the model's padding logit, tagging logits with 0), in the original order.
   """
   arrays = {k: features.arrays[k] for k in INPUT_KEYS}
-  chunks: dict[str, list] = {}
-  batches = task_base.eval_batches(arrays, batch_size)
+  seq_len = arrays['input_ids'].shape[1]
+  order = None
+  if buckets is not None and len(buckets) > 1:
+    order, batches = task_base.bucketed_eval_batches(arrays, batch_size, buckets)
+  else:
+    batches = task_base.eval_batches(arrays, batch_size)
   if progress and jax.process_index() == 0:
     batches = tqdm(batches, total=-(-len(features) // batch_size), unit='batch',
                    dynamic_ncols=True, mininterval=1.0)
+  chunks: dict[str, list] = {}
   for batch in batches:
     row_weights = batch.pop('weights')
     out = _to_host(predict_fn(params, sharding.global_batch(_host_rows(batch), mesh)))
     real = row_weights > 0
     for k, v in out.items():
-      chunks.setdefault(k, []).append(np.asarray(v)[real])
-  return {k: np.concatenate(v) for k, v in chunks.items()}
+      v = np.asarray(v)[real]
+      if v.ndim >= 2 and v.shape[1] < seq_len and (k in _SPAN_OUTPUTS or v.ndim == 3):
+        pad = [(0, 0), (0, seq_len - v.shape[1])] + [(0, 0)] * (v.ndim - 2)
+        v = np.pad(v, pad, constant_values=heads.MASK_LOGIT if k in _SPAN_OUTPUTS else 0)
+      chunks.setdefault(k, []).append(v)
+  out = {k: np.concatenate(v) for k, v in chunks.items()}
+  if order is not None:
+    unsorted = {}
+    for k, v in out.items():
+      unsorted[k] = np.empty_like(v)
+      unsorted[k][order] = v
+    out = unsorted
+  return out
 
 
 def task_predictions(task, outputs: dict):
@@ -270,7 +290,8 @@ def load_tokenizer(config, checkpoint: weights.Pretrained | None):
 
 def check_train_config(config) -> None:
   t = config.train
-  for name in ('batch_size', 'eval_batch_size', 'log_every', 'keep_checkpoints'):
+  for name in ('batch_size', 'eval_batch_size', 'log_every', 'keep_checkpoints',
+               'length_buckets'):
     if t[name] < 1:
       raise ValueError(f'train.{name}={t[name]}; expected >= 1')
   if t.checkpoint_every < 0:
@@ -302,10 +323,11 @@ def _flat(d: dict, prefix: str = '') -> dict:
 
 
 def _check_resume(meta: dict, step: int, position: dict, num_features: int, num_steps: int,
-                  steps_per_epoch: int, where: Path) -> None:
+                  buckets, steps_per_epoch: int, where: Path) -> None:
   """The checkpoint must come from a run over the same training data and schedule."""
   for name, saved, now in (('training features', meta['num_train_features'], num_features),
-                           ('steps', meta['num_steps'], num_steps)):
+                           ('steps', meta['num_steps'], num_steps),
+                           ('length buckets', meta['buckets'], list(buckets))):
     if saved != now:
       raise ValueError(f'the checkpoints in {where} are of a run with {saved} {name}, this one '
                        f'has {now}; use a new --workdir (or the data and config of that run)')
@@ -414,12 +436,14 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
   params_shape = nn.meta.unbox(jax.eval_shape(init_fn, init_rng))
   tx, schedule = make_optimizer(config, params_shape, model_cfg.num_layers, num_steps)
   abstract = state_lib.abstract(init_fn, tx, mesh)
+  buckets = task_base.bucket_lengths(t.seq_len, t.length_buckets)
+  log.info('length buckets: %s', buckets)
   ckpt_mgr = checkpoint.Checkpointer(workdir, t.keep_checkpoints, abstract)
   restored = ckpt_mgr.restore_latest()
   if restored is not None:
     meta = restored.meta
     _check_resume(meta, restored.step, restored.loader_state, len(train_feats), num_steps,
-                  steps_per_epoch, ckpt_mgr.directory)
+                  buckets, steps_per_epoch, ckpt_mgr.directory)
     state, dropout_rng, step = restored.state, restored.rng, restored.step
     history, missing, unexpected = meta['history'], meta['missing_keys'], meta['unexpected_keys']
     position = restored.loader_state
@@ -453,7 +477,8 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
   def save(position):
     ckpt_mgr.save(step, state, position, dropout_rng,
                   {'history': history, 'missing_keys': missing, 'unexpected_keys': unexpected,
-                   'num_train_features': len(train_feats), 'num_steps': num_steps})
+                   'num_train_features': len(train_feats), 'num_steps': num_steps,
+                   'buckets': list(buckets)})
 
   def flush(epoch):
     nonlocal pending
@@ -473,8 +498,8 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
           break
         skip = position['batch'] if epoch == position['epoch'] else 0
         stop = epoch_end = False
-        for i, batch in enumerate(task_base.train_batches(train_arrays, t.batch_size,
-                                                          config.seed, epoch)):
+        for i, batch in enumerate(task_base.train_batches(
+            train_arrays, t.batch_size, config.seed, epoch, buckets=buckets)):
           if i < skip:
             continue  # the batches the checkpoint's state has already seen
           if step >= num_steps:
@@ -501,7 +526,8 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
         flush(epoch)
         record = {'epoch': epoch + 1, 'step': step}
         for split, feats in eval_feats.items():
-          outputs = predict(predict_fn, state.params, feats, t.eval_batch_size, mesh)
+          outputs = predict(predict_fn, state.params, feats, t.eval_batch_size, mesh,
+                            buckets=buckets)
           last_outputs[split] = outputs
           record[split] = task.compute_metrics(task_predictions(task, outputs), feats)
           _print(f'epoch {epoch + 1} {task.name}/{split}: {_fmt(record[split])}', bar)
@@ -527,7 +553,7 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
   for split, feats in eval_feats.items():
     if task.kind == 'span':  # The answers behind the final SQuAD scores.
       outputs = last_outputs.get(split) or predict(predict_fn, state.params, feats,
-                                                   t.eval_batch_size, mesh)
+                                                   t.eval_batch_size, mesh, buckets=buckets)
       preds, _, _ = task.postprocess(feats, outputs['start_logits'], outputs['end_logits'],
                                      outputs.get('answerable_logits'))
       if jax.process_index() == 0:
@@ -578,7 +604,9 @@ def write_test_predictions(task, config, tokenizer, predict_fn, params, mesh, wo
         raise
       log.warning('no %s/%s data, no leaderboard file: %s', task.name, split, e)
       continue
-    outputs = predict(predict_fn, params, feats, config.train.eval_batch_size, mesh)
+    outputs = predict(predict_fn, params, feats, config.train.eval_batch_size, mesh,
+                      buckets=task_base.bucket_lengths(config.train.seq_len,
+                                                       config.train.length_buckets))
     path = task.write_test_predictions(task_predictions(task, outputs), feats.examples,
                                        workdir / 'test_predictions', split)
     log.info('wrote %s (%d rows)', path, len(feats.examples))

@@ -46,7 +46,7 @@ HEAD_FORMS = ('official', 'hf')
 
 # Added to masked-out span logits. Finite (not -inf) so softmax stays NaN-free
 # even for an all-masked row, and small enough for bfloat16.
-_MASK_LOGIT = -1e4
+MASK_LOGIT = -1e4
 
 # Batch keys each head's loss reads (besides input_ids / input_mask / segment_ids
 # and `weights`). Tagging: one label per token and a 0/1 mask of the scored
@@ -102,7 +102,7 @@ class ClassificationHead(nn.Module):
 
 
 class SpanHead(nn.Module):
-  """[B, L, H] -> (start_logits [B, L], end_logits [B, L]); padding gets _MASK_LOGIT."""
+  """[B, L, H] -> (start_logits [B, L], end_logits [B, L]); padding gets MASK_LOGIT."""
   initializer_range: float
   dtype: str
 
@@ -111,8 +111,8 @@ class SpanHead(nn.Module):
     logits_BxLx2 = layers.dense(2, ('hidden', 'classes'), self.initializer_range, self.dtype,
                                 'dense')(h_BxLxH).astype(jnp.float32)
     valid_BxL = input_mask_BxL.astype(bool)
-    start_BxL = jnp.where(valid_BxL, logits_BxLx2[..., 0], _MASK_LOGIT)
-    end_BxL = jnp.where(valid_BxL, logits_BxLx2[..., 1], _MASK_LOGIT)
+    start_BxL = jnp.where(valid_BxL, logits_BxLx2[..., 0], MASK_LOGIT)
+    end_BxL = jnp.where(valid_BxL, logits_BxLx2[..., 1], MASK_LOGIT)
     return start_BxL, end_BxL
 
 
