@@ -17,8 +17,9 @@ Arguments (`configs/finetune.py:k=v,k=v`):
 
 `train.init_from`: '' = random initialisation (the baseline); an electra_jax
 pre-training workdir (its latest checkpoint; the discriminator is cut out); an
-export dir written by electra_jax.io.checkpoint; or a Hugging Face ELECTRA dir
-(config.json + weights), imported with electra_jax.io.convert. Missing and
+export dir written by electra_jax.io.checkpoint; a Hugging Face ELECTRA dir
+(config.json + weights), imported with electra_jax.io.convert; a Hugging Face Hub id
+(google/electra-small-discriminator) from the local HF cache; a fine-tuned RUN/model. Missing and
 unexpected parameter keys are logged and saved in results.json.
 
 Recipe (docs/reference.md, "Fine-tuning"): lr 3e-4 / 1e-4 / 5e-5 (small / base /
