@@ -1,6 +1,8 @@
 """Length-bucketed batching for fine-tuning: seeded, complete, and output-preserving."""
 
-import jax
+import functools
+
+import ml_collections
 import numpy as np
 import pytest
 
@@ -12,9 +14,6 @@ from electra_jax.finetune.tasks import chunking
 from electra_jax.finetune.tasks import glue
 from electra_jax.finetune.tasks import squad
 from test_predict import SEQ_LEN, saved_model
-
-import functools
-import ml_collections
 
 
 def _arrays(n=203, seq_len=32, seed=0):

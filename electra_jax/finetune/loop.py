@@ -355,16 +355,27 @@ def save_model(workdir: Path, params, model_dict: dict, model, task, config, tok
   return finetuned.save(workdir / 'model', params, info, list(tokenizer.tokens))
 
 
-def finetune_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
-  """Fine-tunes one seed (config.seed) and returns the results dict (also results.json).
+@dataclasses.dataclass
+class Run:
+  """A fine-tuning run's inputs, read and checked (`prepare`) before anything is written."""
+  task: Any
+  ckpt: weights.Pretrained | None
+  tokenizer: Any
+  model_dict: dict  # config.model fields of the model (the checkpoint's when it has them)
+  model_cfg: electra.ModelConfig
+  model: heads.FinetuneModel
+  mesh: Any
+  train_feats: task_base.Features
+  eval_splits: list[str]
+  eval_feats: dict[str, task_base.Features]
+  epochs: float
+  num_steps: int
+  steps_per_epoch: int
 
-  Resumes from the newest checkpoint in `workdir` (state, data position and dropout key),
-  so a killed run started again with the same command logs bit-identical losses and dev
-  metrics. On SIGTERM/SIGINT it saves a checkpoint and returns {'preempted': signal name,
-  'step': step} without writing results. Everything is checked (task, weights, vocab,
-  data) before anything is written to `workdir`.
-  """
-  t_start = time.time()
+
+def prepare(config) -> Run:
+  """Reads the task, the starting weights, the vocab and the data; ValueError or
+  FileNotFoundError naming the bad value. Writes nothing."""
   t = config.train
   check_train_config(config)
   task = build_task(config)
@@ -399,14 +410,26 @@ def finetune_and_evaluate(config, workdir: str, *, progress: bool = True) -> dic
   if steps_per_epoch == 0:
     raise ValueError(f'{len(train_feats)} training features is fewer than one batch of '
                      f'train.batch_size={t.batch_size}')
+  return Run(task, ckpt, tokenizer, model_dict, model_cfg, model, mesh, train_feats,
+             eval_splits, eval_feats, epochs, num_steps, steps_per_epoch)
 
+
+def finetune_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
+  """Fine-tunes one seed (config.seed) and returns the results dict (also results.json).
+
+  Resumes from the newest checkpoint in `workdir` (state, data position and dropout key),
+  so a killed run started again with the same command logs bit-identical losses and dev
+  metrics. On SIGTERM/SIGINT it saves a checkpoint and returns {'preempted': signal name,
+  'step': step} without writing results. Everything is checked (`prepare`: task, weights,
+  vocab, data) before anything is written to `workdir`.
+  """
+  t_start = time.time()
+  run = prepare(config)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   log_file = _attach_log_file(workdir)
   try:
-    return _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cfg, model,
-                  mesh, train_feats, eval_splits, eval_feats, epochs, num_steps,
-                  steps_per_epoch, progress)
+    return _train(config, workdir, run, progress, t_start)
   finally:
     logging.getLogger().removeHandler(log_file)
     log_file.close()
@@ -421,11 +444,12 @@ def _attach_log_file(workdir: Path) -> logging.Handler:
   return handler
 
 
-def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cfg, model, mesh,
-           train_feats, eval_splits, eval_feats, epochs, num_steps, steps_per_epoch,
-           progress) -> dict:
+def _train(config, workdir: Path, run: Run, progress: bool, t_start: float) -> dict:
   """The rest of finetune_and_evaluate, once its inputs are checked and workdir exists."""
   t = config.train
+  task, ckpt, tokenizer, model, mesh = run.task, run.ckpt, run.tokenizer, run.model, run.mesh
+  train_feats, eval_splits, eval_feats = run.train_feats, run.eval_splits, run.eval_feats
+  epochs, num_steps, steps_per_epoch = run.epochs, run.num_steps, run.steps_per_epoch
   log.info('%s: %d training features, %d steps (%g epochs x %d); dev %s', task.name,
            len(train_feats), num_steps, epochs, steps_per_epoch,
            {s: len(f) for s, f in eval_feats.items()})
@@ -434,7 +458,7 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
   init_rng, dropout_rng = jax.random.split(rng)
   init_fn = functools.partial(_init_params, model, t.seq_len)
   params_shape = nn.meta.unbox(jax.eval_shape(init_fn, init_rng))
-  tx, schedule = make_optimizer(config, params_shape, model_cfg.num_layers, num_steps)
+  tx, schedule = make_optimizer(config, params_shape, run.model_cfg.num_layers, num_steps)
   abstract = state_lib.abstract(init_fn, tx, mesh)
   buckets = task_base.bucket_lengths(t.seq_len, t.length_buckets)
   log.info('length buckets: %s', buckets)
@@ -560,7 +584,8 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
         (workdir / f'predictions_{split}.json').write_text(json.dumps(preds, indent=1))
   test_files = write_test_predictions(task, config, tokenizer, predict_fn, state.params, mesh,
                                       workdir)
-  model_dir = save_model(workdir, state.params, model_dict, model, task, config, tokenizer, step)
+  model_dir = save_model(workdir, state.params, run.model_dict, model, task, config, tokenizer,
+                         step)
   curves = plots.plot_run(workdir) if jax.process_index() == 0 and history else None
 
   final = history[-1] if history else {}
@@ -568,7 +593,7 @@ def _train(config, workdir, t_start, task, ckpt, tokenizer, model_dict, model_cf
   results = {
       'task': task.name, 'seed': config.seed, 'init_from': t.init_from,
       'init_kind': 'random' if ckpt is None else ckpt.kind,
-      'model': dataclasses.asdict(model_cfg), 'num_params': heads.count_params(state.params),
+      'model': dataclasses.asdict(run.model_cfg), 'num_params': heads.count_params(state.params),
       'missing_keys': missing, 'unexpected_keys': unexpected,
       'num_train_features': len(train_feats), 'num_steps': num_steps, 'epochs': epochs,
       'truncated': {config.data.train_split: train_feats.num_truncated,
