@@ -17,8 +17,9 @@ Arguments (`configs/finetune.py:k=v,k=v`):
 
 `train.init_from`: '' = random initialisation (the baseline); an electra_jax
 pre-training workdir (its latest checkpoint; the discriminator is cut out); an
-export dir written by electra_jax.io.checkpoint; or a Hugging Face ELECTRA dir
-(config.json + weights), imported with electra_jax.io.convert. Missing and
+export dir written by electra_jax.io.checkpoint; a Hugging Face ELECTRA dir
+(config.json + weights), imported with electra_jax.io.convert; a Hugging Face Hub id
+(google/electra-small-discriminator) from the local HF cache; a fine-tuned RUN/model. Missing and
 unexpected parameter keys are logged and saved in results.json.
 
 Recipe (docs/reference.md, "Fine-tuning"): lr 3e-4 / 1e-4 / 5e-5 (small / base /
@@ -27,6 +28,10 @@ large), layer-wise decay 0.8 / 0.8 / 0.9 (official off-by-one by default;
 batch 32, Adam eps 1e-6, weight decay 0.01, 3 epochs (RTE, STS-B 10; SQuAD 2),
 max_seq_length 128 (SQuAD 384, doc stride 128, query 64, n-best 20, answer 30).
 `tiny` (2 layers, 64 hidden) is ours for CPU runs: lr 1e-3, decay 0.8.
+
+The run checkpoints every train.checkpoint_every steps and after every epoch; the same
+command resumes it exactly. It ends by writing workdir/model/ (weights, head, configs,
+labels, vocab) for electra_jax.predict and the export to Hugging Face.
 
 Expected: ELECTRA-Small medians (official README, dev) CoLA 57.0, MRPC 88.0,
 RTE 66.7. Measured at size=tiny on 2 shared CPU cores (wall): RTE (10 epochs)
@@ -94,7 +99,13 @@ def get_config(arg=None):
   c.model = pretrain.get_config(f'size={arg.size}').model
   c.model.vocab_size = 0
 
-  c.head = ml_collections.ConfigDict(dict(dropout_rate=0.1))
+  c.head = ml_collections.ConfigDict(dict(
+      dropout_rate=0.1,
+      # Classification / regression head: official (dropout, one dense layer on [CLS], the
+      # paper's) | hf (Hugging Face's dense -> GELU -> dropout -> dense: exports exactly to
+      # ElectraForSequenceClassification).
+      form='official',
+  ))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=lr,
@@ -116,6 +127,14 @@ def get_config(arg=None):
       epochs=0.0,  # 0 = the task's (RTE / STS-B 10, SQuAD 2, others 3)
       seq_len=384 if squad else 128,  # examples are truncated / windowed to this length
       log_every=50,
+      # Length-bucketed batching (training and evaluation): rows of similar length batched
+      # together and cut to one of this many evenly spaced lengths up to seq_len (128: 32,
+      # 64, 96, 128), so jit compiles a handful of shapes; 1 = every batch at seq_len.
+      length_buckets=4,
+      # Checkpoints (train state, data position, dropout key) every N steps and at the end
+      # of every epoch (0: only there); a run started again resumes from the newest one.
+      checkpoint_every=1000,
+      keep_checkpoints=2,
       # '' = random init; an export dir | a pre-training workdir | a Hugging Face dir | a TF1
       # checkpoint (electra_jax.io.weights.load); the same key as pre-training's.
       init_from=arg.init,

@@ -5,6 +5,7 @@
     writer.write(step, {'eval_loss': 1.3, ...}, split='eval') # -> eval.jsonl, tb 'eval/loss'
     writer.close()
     JsonlWriter(path).write({'step': 3, 'epoch': 1, 'train': {...}})   # any record
+    TensorBoard(workdir).write(step, {'accuracy': 0.9}, 'dev')         # tb 'dev/accuracy'
     read_jsonl(path)                            # the records, one per step, in step order
     cache_dir(flag_value)                       # --cache_dir, else $ELECTRA_JAX_CACHE, else
                                                 # ~/.cache/electra_jax
@@ -56,6 +57,30 @@ class JsonlWriter:
 
   def close(self) -> None:
     self._f.close()
+
+
+class TensorBoard:
+  """Scalars into workdir/tensorboard as `prefix/name` (process 0 writes; elsewhere a no-op)."""
+
+  def __init__(self, workdir):
+    import jax  # pylint: disable=g-import-not-at-top
+    self._tb = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(str(Path(workdir) / 'tensorboard'))
+
+  def write(self, step: int, scalars: dict, prefix: str) -> None:
+    if self._tb is None:
+      return
+    for k, v in scalars.items():
+      v = _jsonable(v)
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        self._tb.add_scalar(f'{prefix}/{k}', v, int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
 
 
 class MetricsWriter:

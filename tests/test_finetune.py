@@ -11,6 +11,7 @@ from flax import traverse_util
 
 from configs import finetune as finetune_config
 from electra_jax.io import checkpoint
+from electra_jax.io import finetuned
 from electra_jax.finetune import loop
 from electra_jax.finetune import multiseed
 from electra_jax.io import weights
@@ -91,6 +92,12 @@ def test_classification_learns_separable_task(tmp_path):
   rows = (workdir / 'test_predictions' / 'RTE.tsv').read_text().splitlines()
   assert rows[0] == 'index\tprediction' and len(rows) == 21
   assert {r.split('\t')[1] for r in rows[1:]} <= {'entailment', 'not_entailment'}
+  # What a finished run leaves: the saved model, curves, TensorBoard events, checkpoints.
+  saved = finetuned.load(workdir / 'model')
+  assert saved.task['label_list'] == ['entailment', 'not_entailment'] and saved.step == 48
+  assert (workdir / 'curves.png').stat().st_size > 1000 and results['curves']
+  assert list((workdir / 'tensorboard').iterdir())
+  assert (workdir / 'checkpoints' / '48').is_dir()
 
 
 def _export_dir(tmp_path, config):
@@ -246,6 +253,7 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
   config = _config('rte', tmp_path, **{'data.data_dir': ''})
   with pytest.raises(ValueError, match='data_dir'):
     loop.finetune_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()  # a refused start writes nothing
 
 
 def test_config_recipe():
@@ -276,6 +284,7 @@ def test_multiseed_median_and_spread(tmp_path):
   assert acc['std'] == pytest.approx(np.std(list(scores.values())))
   assert summary['dev']['dev']['f1']['median'] == pytest.approx(0.35)
   assert json.loads((tmp_path / 'multiseed.json').read_text())['dev'] == summary['dev']
+  assert (tmp_path / 'seeds.png').stat().st_size > 1000
 
 
 def test_init_from_huggingface_dir(tmp_path):

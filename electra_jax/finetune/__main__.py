@@ -12,8 +12,6 @@ jax.distributed.initialize() detect the cluster, as for pre-training.
 
 import functools
 import logging
-import logging.handlers
-from pathlib import Path
 
 from absl import flags
 
@@ -24,7 +22,9 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   cli.define_config('configs/finetune.py:task=rte')
-  flags.DEFINE_string('workdir', None, 'Output directory (metrics, results.json, predictions).')
+  flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, metrics, results.json, '
+                      'model/); run the same command again to resume.')
+  flags.DEFINE_bool('progress', True, 'Show a progress bar (--noprogress: log lines only).')
   cli.define_distributed()
 
 
@@ -52,31 +52,16 @@ def main(argv):
   from electra_jax.finetune import multiseed  # pylint: disable=g-import-not-at-top
   requested = requested_model_keys(FLAGS['config'], config)
   workdir = rundir.check_workdir(FLAGS.workdir)
-  root = logging.getLogger()
-  root.setLevel(logging.INFO)
-  with rundir.RunStart(workdir, 'fine-tuning run') as start:
-    # Log lines wait in memory until the start succeeds: a refused one leaves no log.txt.
-    early = logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1)
-    root.addHandler(early)
-
-    def open_log():
-      handler = logging.FileHandler(Path(workdir) / 'log.txt')
-      handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
-      early.setTarget(handler)
-      early.flush()
-      root.removeHandler(early)
-      root.addHandler(handler)
-
-    start.on_started(open_log)
-    try:
-      if config.num_seeds > 1:
-        multiseed.run_seeds(config, workdir, functools.partial(loop.finetune_and_evaluate,
-                                                               requested=requested))
-      else:
-        loop.finetune_and_evaluate(config, workdir, requested)
-    finally:
-      if early in root.handlers:
-        root.removeHandler(early)
+  logging.getLogger().setLevel(logging.INFO)
+  finetune_fn = functools.partial(loop.finetune_and_evaluate, requested=requested,
+                                  progress=FLAGS.progress)
+  # The lock spans every seed of a multi-seed run; each seed's start is checked (and a refused
+  # one undone) in loop.finetune_and_evaluate, which also opens its log.txt.
+  with rundir.RunStart(workdir, 'fine-tuning run'):
+    if config.num_seeds > 1:
+      multiseed.run_seeds(config, workdir, finetune_fn)
+    else:
+      finetune_fn(config, workdir)
 
 
 def run():

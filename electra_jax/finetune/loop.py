@@ -33,14 +33,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from electra_jax import configlib
 from electra_jax import optim
 from electra_jax import rundir
+from electra_jax.io import checkpoint
+from electra_jax.io import finetuned
 from electra_jax.io import weights
 from electra_jax import runlog
 from electra_jax import sharding
 from electra_jax import state as state_lib
+from electra_jax.finetune import plots
 from electra_jax.finetune.tasks import base as task_base
 from electra_jax.finetune.tasks import registry
 from electra_jax.models import electra
@@ -49,6 +53,7 @@ from electra_jax.models import heads
 log = logging.getLogger(__name__)
 
 INPUT_KEYS = ('input_ids', 'input_mask', 'segment_ids')
+_SPAN_OUTPUTS = ('start_logits', 'end_logits')  # per-token; padding gets heads.MASK_LOGIT
 # Local on-disk source name of each task family (config.data.source='local').
 _LOCAL_SOURCE = {'classification': 'tsv', 'regression': 'tsv', 'span': 'json',
                  'tagging': 'conll'}
@@ -104,7 +109,7 @@ def load_features(task, config, tokenizer, split: str, train: bool,
 
 def build_model(model_cfg: electra.ModelConfig, task, config) -> heads.FinetuneModel:
   head = heads.HeadConfig(kind=task.kind, num_labels=task.num_labels,
-                          dropout_rate=config.head.dropout_rate,
+                          dropout_rate=config.head.dropout_rate, form=config.head.form,
                           answerability=task.kind == 'span' and getattr(task, 'version', 1) == 2)
   return heads.FinetuneModel(model_cfg, head)
 
@@ -220,21 +225,45 @@ def _to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def predict(predict_fn, params, features: task_base.Features, batch_size: int, mesh) -> dict:
+def predict(predict_fn, params, features: task_base.Features, batch_size: int, mesh,
+            progress: bool = False, buckets=None) -> dict:
   """Head outputs for every feature, in order: name -> np.ndarray [N, ...].
 
   The last batch is zero-padded (weights 0) and the padding rows are dropped,
-  so no example is lost and none is counted twice.
+  so no example is lost and none is counted twice. progress: a tqdm bar over batches.
+  buckets (task_base.bucket_lengths): rows run sorted by length in batches cut to their
+  bucket's length; per-token outputs come back padded to the full length (start / end
+  logits with the model's padding logit, tagging logits with 0), in the original order.
   """
   arrays = {k: features.arrays[k] for k in INPUT_KEYS}
+  seq_len = arrays['input_ids'].shape[1]
+  order = None
+  if buckets is not None and len(buckets) > 1:
+    order, batches = task_base.bucketed_eval_batches(arrays, batch_size, buckets)
+  else:
+    batches = task_base.eval_batches(arrays, batch_size)
+  if progress and jax.process_index() == 0:
+    batches = tqdm(batches, total=-(-len(features) // batch_size), unit='batch',
+                   dynamic_ncols=True, mininterval=1.0)
   chunks: dict[str, list] = {}
-  for batch in task_base.eval_batches(arrays, batch_size):
+  for batch in batches:
     row_weights = batch.pop('weights')
     out = _to_host(predict_fn(params, sharding.global_batch(_host_rows(batch), mesh)))
     real = row_weights > 0
     for k, v in out.items():
-      chunks.setdefault(k, []).append(np.asarray(v)[real])
-  return {k: np.concatenate(v) for k, v in chunks.items()}
+      v = np.asarray(v)[real]
+      if v.ndim >= 2 and v.shape[1] < seq_len and (k in _SPAN_OUTPUTS or v.ndim == 3):
+        pad = [(0, 0), (0, seq_len - v.shape[1])] + [(0, 0)] * (v.ndim - 2)
+        v = np.pad(v, pad, constant_values=heads.MASK_LOGIT if k in _SPAN_OUTPUTS else 0)
+      chunks.setdefault(k, []).append(v)
+  out = {k: np.concatenate(v) for k, v in chunks.items()}
+  if order is not None:
+    unsorted = {}
+    for k, v in out.items():
+      unsorted[k] = np.empty_like(v)
+      unsorted[k][order] = v
+    out = unsorted
+  return out
 
 
 def task_predictions(task, outputs: dict):
@@ -338,22 +367,77 @@ def resolve_model(config, ckpt: weights.Pretrained | None, tokenizer,
   return model
 
 
-def finetune_and_evaluate(config, workdir: str, requested: dict | None = None) -> dict:
-  """Fine-tunes one seed (config.seed) and returns the results dict (also results.json).
+def check_train_config(config) -> None:
+  t = config.train
+  for name in ('batch_size', 'eval_batch_size', 'log_every', 'keep_checkpoints',
+               'length_buckets'):
+    if t[name] < 1:
+      raise ValueError(f'train.{name}={t[name]}; expected >= 1')
+  if t.checkpoint_every < 0:
+    raise ValueError(f'train.checkpoint_every={t.checkpoint_every}; expected >= 0 (0: only at '
+                     'the end of each epoch)')
+  if config.head.form not in heads.HEAD_FORMS:
+    raise ValueError(f'head.form={config.head.form!r}; expected one of {heads.HEAD_FORMS}')
 
-  The workdir is locked for the run; a start refused before training (bad config, data or
-  checkpoint) leaves it as it was. config.json records the model that ran (see
-  `resolve_model` for which keys a checkpoint fixes).
-  """
-  workdir = rundir.check_workdir(workdir)
-  with rundir.RunStart(workdir, 'fine-tuning run') as start:
-    return _finetune(config, workdir, start, requested)
+
+def _check_resume(meta: dict, step: int, position: dict, num_features: int, num_steps: int,
+                  buckets, steps_per_epoch: int, where: Path) -> None:
+  """The checkpoint must come from a run over the same training data and schedule."""
+  for name, saved, now in (('training features', meta['num_train_features'], num_features),
+                           ('steps', meta['num_steps'], num_steps),
+                           ('length buckets', meta['buckets'], list(buckets))):
+    if saved != now:
+      raise ValueError(f'the checkpoints in {where} are of a run with {saved} {name}, this one '
+                       f'has {now}; use a new --workdir (or the data and config of that run)')
+  if position['epoch'] * steps_per_epoch + position['batch'] != step:
+    raise ValueError(f'checkpoint {step} in {where}: data position {position} does not fit '
+                     f'{steps_per_epoch} steps per epoch')
 
 
-def _finetune(config, workdir: Path, start, requested) -> dict:
-  t_start = time.time()
+def task_info(task, config) -> dict:
+  """What a saved model records of its task: enough to rebuild it with registry.get_task."""
+  settings = {}
+  if task.kind == 'span':
+    settings = {k: config.task[k] for k in ('doc_stride', 'max_query_length', 'n_best_size',
+                                            'max_answer_length')}
+  return {'name': task.name, 'kind': task.kind, 'label_list': list(task.label_list),
+          'num_labels': task.num_labels, 'main_metric': task.main_metric, 'settings': settings}
+
+
+def save_model(workdir: Path, params, model_dict: dict, model, task, config, tokenizer,
+               step: int) -> Path:
+  """workdir/model/: the fine-tuned weights, head, configs, labels and vocab (io/finetuned)."""
+  info = {'model': model_dict, 'head': dataclasses.asdict(model.head),
+          'task': task_info(task, config), 'seq_len': int(config.train.seq_len),
+          'lowercase': bool(tokenizer.lowercase), 'step': int(step)}
+  return finetuned.save(workdir / 'model', params, info, list(tokenizer.tokens))
+
+
+@dataclasses.dataclass
+class Run:
+  """A fine-tuning run's inputs, read and checked (`prepare`) before anything is written."""
+  task: Any
+  ckpt: weights.Pretrained | None
+  tokenizer: Any
+  model_dict: dict  # config.model fields of the model (the checkpoint's when it has them)
+  model_cfg: electra.ModelConfig
+  model: heads.FinetuneModel
+  mesh: Any
+  train_feats: task_base.Features
+  eval_splits: list[str]
+  eval_feats: dict[str, task_base.Features]
+  epochs: float
+  num_steps: int
+  steps_per_epoch: int
+
+
+def prepare(config, requested: dict | None = None) -> Run:
+  """Reads the task, the starting weights, the vocab and the data; ValueError or
+  FileNotFoundError naming the bad value. Writes nothing. `requested`: see resolve_model."""
+  t = config.train
+  check_train_config(config)
   task = build_task(config)
-  ckpt = weights.load(config.train.init_from) if config.train.init_from else None
+  ckpt = weights.load(t.init_from) if t.init_from else None
   tokenizer = load_tokenizer(config, ckpt)
 
   model_dict = resolve_model(config, ckpt, tokenizer, requested)
@@ -361,8 +445,8 @@ def _finetune(config, workdir: Path, start, requested) -> dict:
   model = build_model(model_cfg, task, config)
 
   mesh = sharding.make_mesh(config.mesh)
-  _check_batch_size('train.batch_size', config.train.batch_size, mesh)
-  _check_batch_size('train.eval_batch_size', config.train.eval_batch_size, mesh)
+  _check_batch_size('train.batch_size', t.batch_size, mesh)
+  _check_batch_size('train.eval_batch_size', t.eval_batch_size, mesh)
 
   train_feats = load_features(task, config, tokenizer, config.data.train_split, True,
                               config.data.max_train_examples)
@@ -370,87 +454,208 @@ def _finetune(config, workdir: Path, start, requested) -> dict:
   eval_feats = {s: load_features(task, config, tokenizer, s, False, config.data.max_eval_examples)
                 for s in eval_splits}
 
-  epochs = config.train.epochs or task.epochs
-  num_steps = task_base.num_train_steps(len(train_feats), config.train.batch_size, epochs)
-  steps_per_epoch = len(train_feats) // config.train.batch_size
+  epochs = t.epochs or task.epochs
+  num_steps = task_base.num_train_steps(len(train_feats), t.batch_size, epochs)
+  steps_per_epoch = len(train_feats) // t.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f'{len(train_feats)} training features is fewer than one batch of '
-                     f'train.batch_size={config.train.batch_size}')
+                     f'train.batch_size={t.batch_size}')
+  return Run(task, ckpt, tokenizer, model_dict, model_cfg, model, mesh, train_feats,
+             eval_splits, eval_feats, epochs, num_steps, steps_per_epoch)
 
+
+def finetune_and_evaluate(config, workdir: str, requested: dict | None = None, *,
+                          progress: bool = True) -> dict:
+  """Fine-tunes one seed (config.seed) and returns the results dict (also results.json).
+
+  Resumes from the newest checkpoint in `workdir` (state, data position and dropout key),
+  so a killed run started again with the same command logs bit-identical losses and dev
+  metrics. On SIGTERM/SIGINT it saves a checkpoint and returns {'preempted': signal name,
+  'step': step} without writing results. The workdir is locked for the run; everything is
+  checked (`prepare`: task, weights, vocab, data, resume compatibility) before anything is
+  written, so a refused start leaves the workdir as it was. config.json records the model
+  that ran (see `resolve_model` for which keys a checkpoint fixes).
+  """
+  t_start = time.time()
+  workdir = rundir.check_workdir(workdir)
+  log_files = []
+  with rundir.RunStart(workdir, 'fine-tuning run') as start:
+    try:
+      run = prepare(config, requested)
+      start.on_started(lambda: log_files.append(_attach_log_file(workdir)))
+      return _train(config, workdir, run, start, progress, t_start)
+    finally:
+      for handler in log_files:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _attach_log_file(workdir: Path) -> logging.Handler:
+  """Appends this process's log records to workdir/log.txt (until removed)."""
+  name = 'log.txt' if jax.process_index() == 0 else f'log.{jax.process_index()}.txt'
+  handler = logging.FileHandler(workdir / name)
+  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+  logging.getLogger().addHandler(handler)
+  return handler
+
+
+def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bool,
+           t_start: float) -> dict:
+  """The rest of finetune_and_evaluate, once its inputs are checked and workdir exists."""
+  t = config.train
+  task, ckpt, tokenizer, model, mesh = run.task, run.ckpt, run.tokenizer, run.model, run.mesh
+  train_feats, eval_splits, eval_feats = run.train_feats, run.eval_splits, run.eval_feats
+  epochs, num_steps, steps_per_epoch = run.epochs, run.num_steps, run.steps_per_epoch
+  log.info('%s: %d training features, %d steps (%g epochs x %d); dev %s', task.name,
+           len(train_feats), num_steps, epochs, steps_per_epoch,
+           {s: len(f) for s, f in eval_feats.items()})
   rng = jax.random.key(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
-  params_shape = nn.meta.unbox(jax.eval_shape(
-      functools.partial(_init_params, model, config.train.seq_len), init_rng))
-  tx, schedule = make_optimizer(config, params_shape, model_cfg.num_layers, num_steps)
-  state, shardings, missing, unexpected = create_state(
-      model, tx, mesh, config.train.seq_len, init_rng,
-      None if ckpt is None else ckpt.params)
-  if ckpt is not None:
-    log.info('init from %s (%s): %d missing keys (initialised at random): %s', ckpt.path,
-             ckpt.kind, len(missing), missing)
-    log.info('%d unexpected keys (ignored): %s', len(unexpected), unexpected)
+  init_fn = functools.partial(_init_params, model, t.seq_len)
+  params_shape = nn.meta.unbox(jax.eval_shape(init_fn, init_rng))
+  tx, schedule = make_optimizer(config, params_shape, run.model_cfg.num_layers, num_steps)
+  abstract = state_lib.abstract(init_fn, tx, mesh)
+  buckets = task_base.bucket_lengths(t.seq_len, t.length_buckets)
+  log.info('length buckets: %s', buckets)
+  ckpt_mgr = checkpoint.Checkpointer(workdir, t.keep_checkpoints, abstract)
+  restored = ckpt_mgr.restore_latest()
+  if restored is not None:
+    meta = restored.meta
+    _check_resume(meta, restored.step, restored.loader_state, len(train_feats), num_steps,
+                  buckets, steps_per_epoch, ckpt_mgr.directory)
+    state, dropout_rng, step = restored.state, restored.rng, restored.step
+    history, missing, unexpected = meta['history'], meta['missing_keys'], meta['unexpected_keys']
+    position = restored.loader_state
+    _print(f'Resumed from the checkpoint at step {step} in {ckpt_mgr.directory}')
   else:
-    log.info('random initialisation (no train.init_from)')
+    state, _, missing, unexpected = create_state(
+        model, tx, mesh, t.seq_len, init_rng, None if ckpt is None else ckpt.params)
+    step, history, position = 0, [], {'epoch': 0, 'batch': 0}
+    if ckpt is not None:
+      log.info('init from %s (%s): %d missing keys (initialised at random): %s', ckpt.path,
+               ckpt.kind, len(missing), missing)
+      log.info('%d unexpected keys (ignored): %s', len(unexpected), unexpected)
+    else:
+      log.info('random initialisation (no train.init_from)')
   log.info('model: %d parameters; %d steps (%g epochs x %d steps), lr %g, layer decay %g',
            heads.count_params(state.params), num_steps, epochs, steps_per_epoch,
            config.optimizer.learning_rate, config.optimizer.layerwise_lr_decay)
-  train_fn, predict_fn = make_steps(model, tx, schedule, mesh, shardings)
+  train_fn, predict_fn = make_steps(model, tx, schedule, mesh, state_lib.shardings_of(abstract))
 
   start.started()  # the inputs are checked: from here on the workdir is this run's
   ran = json.loads(config.to_json_best_effort())
-  ran['model'] = dict(model_dict)  # what runs, the checkpoint's structure included
-  (workdir / 'config.json').write_text(json.dumps(ran, indent=2, sort_keys=True, default=str))
-  (workdir / 'metrics.jsonl').unlink(missing_ok=True)  # a fresh run: no records of an older one
+  ran['model'] = dict(run.model_dict)  # what runs, the checkpoint's structure included
+  if jax.process_index() == 0:
+    (workdir / 'config.json').write_text(json.dumps(ran, indent=2, sort_keys=True, default=str))
+    if restored is None:  # a fresh run: no records of an older one
+      (workdir / 'metrics.jsonl').unlink(missing_ok=True)
   jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl')
+  tb = runlog.TensorBoard(workdir)
   train_keys = INPUT_KEYS + heads.LABEL_KEYS[task.kind]
   train_arrays = {k: train_feats.arrays[k] for k in train_keys}
-  history, pending, last_outputs, t_train = [], [], {}, time.time()
-  step = 0
-  num_epochs = math.ceil(epochs)
-  for epoch in range(num_epochs):
-    for batch in task_base.train_batches(train_arrays, config.train.batch_size, config.seed,
-                                         epoch):
-      if step >= num_steps:
-        break
-      state, metrics = train_fn(state, sharding.global_batch(_host_rows(batch), mesh),
-                                dropout_rng)
-      pending.append(metrics)
-      step += 1
-      if step % config.train.log_every == 0 or step == num_steps:
-        _log_train(jsonl, pending, step, num_steps, epoch, t_train)
-        pending = []
+  main = task.main_metric
+  last_outputs, pending, preempted, t_train = {}, [], None, time.time()
+  bar = tqdm(total=num_steps, initial=step, unit='step', dynamic_ncols=True, smoothing=0.1,
+             disable=not progress or jax.process_index() != 0, mininterval=1.0)
+  if history:
+    bar.set_postfix({f'dev_{main}': f'{history[-1][eval_splits[0]][main]:.4g}'}, refresh=False)
+
+  def save(position):
+    ckpt_mgr.save(step, state, position, dropout_rng,
+                  {'history': history, 'missing_keys': missing, 'unexpected_keys': unexpected,
+                   'num_train_features': len(train_feats), 'num_steps': num_steps,
+                   'buckets': list(buckets)})
+
+  def flush(epoch):
+    nonlocal pending
     if pending:
-      _log_train(jsonl, pending, step, num_steps, epoch, t_train)
+      mean = _log_train(jsonl, pending, step, num_steps, epoch, t_train)
+      tb.write(step, mean, 'train')
+      bar.set_postfix({'loss': f'{mean["loss"]:.4g}', **(
+          {f'dev_{main}': f'{history[-1][eval_splits[0]][main]:.4g}'} if history else {})},
+                      refresh=False)
       pending = []
-    record = {'epoch': epoch + 1, 'step': step}
-    for split, feats in eval_feats.items():
-      outputs = predict(predict_fn, state.params, feats, config.train.eval_batch_size, mesh)
-      last_outputs[split] = outputs
-      record[split] = task.compute_metrics(task_predictions(task, outputs), feats)
-      log.info('epoch %d %s/%s: %s', epoch + 1, task.name, split, _fmt(record[split]))
-    jsonl.write(record)
-    history.append(record)
-    if step >= num_steps:
-      break
+
+  num_epochs = math.ceil(epochs)
+  try:
+    with checkpoint.Preemption(ckpt_mgr) as preempt:
+      for epoch in range(position['epoch'], num_epochs):
+        if step >= num_steps:
+          break
+        skip = position['batch'] if epoch == position['epoch'] else 0
+        stop = epoch_end = False
+        for i, batch in enumerate(task_base.train_batches(
+            train_arrays, t.batch_size, config.seed, epoch, buckets=buckets)):
+          if i < skip:
+            continue  # the batches the checkpoint's state has already seen
+          if step >= num_steps:
+            break
+          state, metrics = train_fn(state, sharding.global_batch(_host_rows(batch), mesh),
+                                    dropout_rng)
+          pending.append(metrics)
+          step += 1
+          bar.update(1)
+          stop = preempt.requested(step)
+          epoch_end = (i + 1) == steps_per_epoch or step == num_steps
+          ckpt_due = bool(t.checkpoint_every) and step % t.checkpoint_every == 0
+          if step % t.log_every == 0 or ckpt_due or stop or epoch_end:
+            flush(epoch)
+          if epoch_end:
+            break
+          if ckpt_due or stop:  # mid-epoch; the epoch's end is saved after its evaluation
+            save({'epoch': epoch, 'batch': i + 1})
+          if stop:
+            break
+        if stop and not epoch_end:
+          preempted = preempt.signal
+          break
+        flush(epoch)
+        record = {'epoch': epoch + 1, 'step': step}
+        for split, feats in eval_feats.items():
+          outputs = predict(predict_fn, state.params, feats, t.eval_batch_size, mesh,
+                            buckets=buckets)
+          last_outputs[split] = outputs
+          record[split] = task.compute_metrics(task_predictions(task, outputs), feats)
+          _print(f'epoch {epoch + 1} {task.name}/{split}: {_fmt(record[split])}', bar)
+          tb.write(step, record[split], f'dev_{split}')
+        jsonl.write(record)
+        history.append(record)
+        bar.set_postfix({f'dev_{main}': f'{record[eval_splits[0]][main]:.4g}'}, refresh=False)
+        save({'epoch': epoch + 1, 'batch': 0})
+        if stop:
+          preempted = preempt.signal
+          break
+  finally:
+    bar.close()
+    ckpt_mgr.close()  # waits for the async saves in flight
+    jsonl.close()
+    tb.close()
+  if preempted:
+    _print(f'{preempted}: saved a checkpoint at step {step} in {ckpt_mgr.directory}; run the '
+           'same command again to resume')
+    return {'preempted': preempted, 'step': step}
   train_time = time.time() - t_train
-  jsonl.close()
 
   for split, feats in eval_feats.items():
     if task.kind == 'span':  # The answers behind the final SQuAD scores.
-      outputs = last_outputs[split]
+      outputs = last_outputs.get(split) or predict(predict_fn, state.params, feats,
+                                                   t.eval_batch_size, mesh, buckets=buckets)
       preds, _, _ = task.postprocess(feats, outputs['start_logits'], outputs['end_logits'],
                                      outputs.get('answerable_logits'))
-      (workdir / f'predictions_{split}.json').write_text(json.dumps(preds, indent=1))
+      if jax.process_index() == 0:
+        (workdir / f'predictions_{split}.json').write_text(json.dumps(preds, indent=1))
   test_files = write_test_predictions(task, config, tokenizer, predict_fn, state.params, mesh,
                                       workdir)
+  model_dir = save_model(workdir, state.params, run.model_dict, model, task, config, tokenizer,
+                         step)
+  curves = plots.plot_run(workdir) if jax.process_index() == 0 and history else None
 
   final = history[-1] if history else {}
-  main = task.main_metric
   best = max(history, key=lambda r: r[eval_splits[0]][main]) if history else {}
   results = {
-      'task': task.name, 'seed': config.seed, 'init_from': config.train.init_from,
+      'task': task.name, 'seed': config.seed, 'init_from': t.init_from,
       'init_kind': 'random' if ckpt is None else ckpt.kind,
-      'model': dataclasses.asdict(model_cfg), 'num_params': heads.count_params(state.params),
+      'model': dataclasses.asdict(run.model_cfg), 'num_params': heads.count_params(state.params),
       'missing_keys': missing, 'unexpected_keys': unexpected,
       'num_train_features': len(train_feats), 'num_steps': num_steps, 'epochs': epochs,
       'truncated': {config.data.train_split: train_feats.num_truncated,
@@ -459,9 +664,11 @@ def _finetune(config, workdir: Path, start, requested) -> dict:
       'dev': {s: final[s] for s in eval_splits} if final else {},
       'best_epoch': best.get('epoch'), 'history': history,
       'test_prediction_files': [str(p) for p in test_files],
+      'model_dir': str(model_dir), 'curves': str(curves) if curves else None,
       'train_time_s': round(train_time, 1), 'wall_time_s': round(time.time() - t_start, 1),
   }
-  (workdir / 'results.json').write_text(json.dumps(results, indent=2, sort_keys=True))
+  if jax.process_index() == 0:
+    (workdir / 'results.json').write_text(json.dumps(results, indent=2, sort_keys=True))
   log.info('final %s: %s (wall %.0f s)', task.name,
            {s: _fmt(m) for s, m in results['dev'].items()}, results['wall_time_s'])
   return results
@@ -484,7 +691,9 @@ def write_test_predictions(task, config, tokenizer, predict_fn, params, mesh, wo
         raise
       log.warning('no %s/%s data, no leaderboard file: %s', task.name, split, e)
       continue
-    outputs = predict(predict_fn, params, feats, config.train.eval_batch_size, mesh)
+    outputs = predict(predict_fn, params, feats, config.train.eval_batch_size, mesh,
+                      buckets=task_base.bucket_lengths(config.train.seq_len,
+                                                       config.train.length_buckets))
     path = task.write_test_predictions(task_predictions(task, outputs), feats.examples,
                                        workdir / 'test_predictions', split)
     log.info('wrote %s (%d rows)', path, len(feats.examples))
@@ -497,11 +706,18 @@ def _log_train(jsonl, pending: list, step: int, num_steps: int, epoch: int, t0: 
   mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
   if not all(math.isfinite(v) for v in mean.values()):
     raise FloatingPointError(f'non-finite training metrics at step {step}: {mean}')
-  elapsed = time.time() - t0
-  eta = elapsed / step * (num_steps - step)
-  log.info('step %d/%d epoch %d: %s (%.2f s/step, ETA %.0f s)', step, num_steps, epoch + 1,
-           _fmt(mean), elapsed / step, eta)
+  log.info('step %d/%d epoch %d: %s', step, num_steps, epoch + 1, _fmt(mean))
   jsonl.write({'step': step, 'epoch': epoch + 1, 'train': mean})
+  return mean
+
+
+def _print(line: str, bar=None) -> None:
+  if jax.process_index() != 0:
+    return
+  if bar is not None and not bar.disable:
+    bar.write(line)
+  else:
+    print(line, flush=True)
 
 
 def _fmt(d: dict) -> str:

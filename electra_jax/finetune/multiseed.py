@@ -4,7 +4,8 @@
 
 runs seeds seed, seed+1, ..., seed+N-1 into workdir/seed_<s>/ (each a full
 `finetune_and_evaluate`) and writes workdir/multiseed.json: for every dev split
-and metric the per-seed values, median, mean, std (population), min and max.
+and metric the per-seed values, median, mean, std (population), min and max, and
+workdir/seeds.png: the main metric of every seed with the median.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from electra_jax.finetune import loop
+from electra_jax.finetune import plots
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,16 @@ def run_seeds(config, workdir: str, finetune_fn=None) -> dict:
     cfg.seed = config.seed + k
     cfg.num_seeds = 1
     log.info('seed %d (%d of %d)', cfg.seed, k + 1, config.num_seeds)
-    results.append(finetune_fn(cfg, str(workdir / f'seed_{cfg.seed}')))
+    result = finetune_fn(cfg, str(workdir / f'seed_{cfg.seed}'))
+    if result.get('preempted'):  # saved; the same command resumes this seed
+      return result
+    results.append(result)
   summary = {'task': results[0]['task'], 'main_metric': results[0]['main_metric'],
              'seeds': [r['seed'] for r in results], 'dev': summarize_runs(results),
              'wall_time_s': round(sum(r['wall_time_s'] for r in results), 1)}
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'multiseed.json').write_text(json.dumps(summary, indent=2, sort_keys=True))
+  summary['plot'] = str(plots.plot_seeds(summary, workdir / 'seeds.png'))
   main = summary['main_metric']
   for split, m in summary['dev'].items():
     if main in m:

@@ -1,4 +1,5 @@
-"""Checkpoints of a pre-training run, resume with fallback, and the params export.
+"""Checkpoints of a pre-training or fine-tuning run, resume with fallback, preemption, and
+the params export.
 
 Layout of a workdir:
   checkpoints/<step>/state   the TrainState (orbax StandardSave, sharded arrays)
@@ -12,6 +13,7 @@ Layout of a workdir:
     restored = ckpt.restore_latest()      # None on a fresh workdir; falls back past corrupt ones
     ckpt.save(step, state, loader_state, rng)
     ckpt.close()                          # waits for the async save in flight
+    with Preemption(ckpt) as p: ... p.requested(step)   # SIGTERM/SIGINT -> save and stop
 
 For fine-tuning and conversion:
     model_config, params = load_exported('RUN/export')             # ElectraModel params
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -220,6 +223,51 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class Preemption:
+  """Turns SIGTERM/SIGINT into a stop request the loop polls between steps.
+
+  One process: our own handlers set a flag. Several processes must all stop at
+  the same step, so there SIGTERM is left to JAX's preemption notifier (the
+  coordination service agrees on a sync step, asked through orbax's
+  `reached_preemption`), and only SIGINT is caught here; every host polls the
+  agreed answer, never its own local flag.
+  """
+
+  def __init__(self, ckpt):
+    self.signal = None
+    self._ckpt = ckpt
+    self._old = {}
+    self._multi = jax.process_count() > 1
+
+  def __enter__(self):
+    sigs = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)
+    for sig in sigs:
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    self.signal = signal.Signals(signum).name
+
+  def requested(self, step: int) -> bool:
+    """Whether to save and stop after `step` (identical on every host)."""
+    if not self._multi:
+      return self.signal is not None
+    if self._ckpt.reached_preemption(step):
+      self.signal = self.signal or 'preemption'
+      return True
+    return False
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
 
 
 # ----------------------------------------------------------------------------- export

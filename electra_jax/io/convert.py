@@ -6,6 +6,7 @@ Command line (`IN` / `OUT` are directories; TF1 also takes a checkpoint prefix):
   python -m electra_jax.io.convert --from=tf1 --to=electra_jax electra_small/ out/
   python -m electra_jax.io.convert --from=tf1 --to=hf electra_small/ out_hf/
   python -m electra_jax.io.convert --from=electra_jax --to=hf RUN/export out_hf/
+  python -m electra_jax.io.convert --from=electra_jax --to=hf RUN/model out_hf/  # fine-tuned
 (also installed as `electra-convert`; `--help` lists the flags)
 
 An HF `IN` holding `discriminator/` and `generator/` subdirectories is read as
@@ -15,7 +16,10 @@ params, generator.msgpack, model_config.json, vocab.txt), plus, from this
 module, pretrainer.msgpack (the whole Pretrainer tree, for continued
 pre-training) and discriminator_predictions.msgpack (the replaced-token head)
 when the source had them. A pre-training workdir (config.json + checkpoints/)
-is read too, from its latest checkpoint.
+is read too, from its latest checkpoint. A fine-tuned model dir (RUN/model,
+electra_jax.io.finetuned) exports to the Hugging Face task class of its head:
+ElectraForSequenceClassification (GLUE; the head must be head.form=hf),
+ElectraForQuestionAnswering (SQuAD 1.1) or ElectraForTokenClassification (chunking).
 
 Python (the readers are in electra_jax.io.weights):
   conv = weights.import_hf('disc_dir', generator='gen_dir')  # Converted: kind, model, params, vocab
@@ -39,6 +43,7 @@ from absl import flags
 from electra_jax import cli
 from electra_jax.io import checkpoint
 from electra_jax.io import common
+from electra_jax.io import finetuned
 from electra_jax.io import huggingface as hf
 from electra_jax.io import weights
 from electra_jax.io.common import Converted  # noqa: F401  (public API)
@@ -151,6 +156,18 @@ def convert(src: str, dst: str, input_path, output_path, *, generator=None, hf_c
     raise ValueError(f'--from={src} --to={dst}: nothing to convert')
   if generator and src != 'hf':
     raise ValueError('--generator only applies to --from=hf')
+  if src == 'electra_jax' and finetuned.is_saved_model(input_path):
+    saved = finetuned.load(input_path)  # a fine-tuned model: the HF task class that fits
+    if dst != 'hf':
+      raise ValueError(f'{input_path} is a fine-tuned electra_jax model already; --to=hf '
+                       'exports it')
+    if hf_class is not None or kind is not None or vocab:
+      raise ValueError(f'{input_path} is a fine-tuned model: its task picks the HF class and '
+                       'it carries its own vocab; drop --hf_class, --kind and --vocab')
+    out = hf.export_finetuned(saved, output_path)
+    return {'kind': 'finetuned', 'task': saved.task['name'], 'head': saved.head['kind'],
+            'architecture': hf.check_exportable(saved.head, str(input_path)),
+            'written': {'finetuned': str(out)}}
   gen_conv = None
   if src == 'hf':
     conv = weights.import_hf(input_path, generator, strict=strict)

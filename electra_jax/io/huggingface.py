@@ -299,3 +299,88 @@ def load_hf(directory: str | os.PathLike) -> common.Converted:
   """
   conv = import_dir(directory, strict=False)
   return common.single_tower(conv, 'model')
+
+
+# ----------------------------------------------------------------------------- fine-tuned models
+
+# Head kind of a fine-tuned model (electra_jax.io.finetuned) -> transformers class.
+TASK_CLASSES = {'classification': 'ElectraForSequenceClassification',
+                'regression': 'ElectraForSequenceClassification',
+                'span': 'ElectraForQuestionAnswering',
+                'tagging': 'ElectraForTokenClassification'}
+# Our head's parameter paths -> the HF class's (Dense kernels are stored transposed).
+_HEAD_NAMES = {
+    ('classifier', 'dense'): 'classifier.dense',  # head.form=hf: dense -> GELU -> ...
+    ('classifier', 'out_proj'): 'classifier.out_proj',
+    ('qa_outputs', 'dense'): 'qa_outputs',
+    ('tagger', 'dense'): 'classifier',
+}
+
+
+def check_exportable(head: dict, where: str) -> str:
+  """The transformers class a fine-tuned head exports to exactly; ValueError saying why not."""
+  kind = head['kind']
+  if kind in ('classification', 'regression') and head.get('form', 'official') != 'hf':
+    raise ValueError(
+        f'{where} has the official ELECTRA {kind} head (dropout, one dense layer on [CLS]), '
+        "but Hugging Face's ElectraForSequenceClassification computes dense -> GELU -> "
+        'dropout -> dense on [CLS], which cannot represent it: the export would change the '
+        'predictions. Fine-tune with --config.head.form=hf to get a model that exports exactly')
+  if kind == 'span' and head.get('answerability'):
+    raise ValueError(
+        f'{where} is a SQuAD 2.0 model with an answerability classifier on [CLS]; '
+        'transformers has no ELECTRA class with such a classifier (ElectraForQuestionAnswering '
+        'has start/end logits only), so it cannot be exported without dropping it. SQuAD 1.1 '
+        'models export')
+  return TASK_CLASSES[kind]
+
+
+def export_finetuned(saved, out_dir: str | os.PathLike) -> Path:
+  """A fine-tuned model dir (electra_jax.io.finetuned.SavedModel) -> an HF task directory.
+
+  Writes ElectraForSequenceClassification (classification with head.form=hf, regression
+  with problem_type=regression), ElectraForQuestionAnswering (SQuAD 1.1) or
+  ElectraForTokenClassification (chunking), with id2label from the label list, and the
+  tokenizer files. Refuses (check_exportable) what no HF class computes exactly.
+  """
+  architecture = check_exportable(saved.head, str(saved.path))
+  encoder = {k: saved.params[k] for k in ('embeddings', 'discriminator')}
+  conv = common.Converted('model', common.model_dict(**saved.model_config), encoder,
+                          tokens=common.tokens_from_vocab(_vocab_list(saved.vocab)),
+                          vocab=_vocab_list(saved.vocab), lowercase=saved.lowercase)
+  common.check_tree(conv.params, common.expected_shapes(conv.model_config, 'model'),
+                    what='fine-tuned encoder params', model=conv.model)
+  tensors = common.scatter(conv.params, lambda p: rename(p, 'electra.'))
+  head_params = {k: v for k, v in saved.params.items() if k not in encoder}
+  for (module, layer), name in _HEAD_NAMES.items():
+    dense = head_params.get(module, {}).pop(layer, None)
+    if dense is not None:
+      tensors[f'{name}.weight'] = np.ascontiguousarray(np.asarray(dense['kernel'], np.float32).T)
+      tensors[f'{name}.bias'] = np.asarray(dense['bias'], np.float32)
+  left = sorted(f'{m}/{k}' for m, v in head_params.items() for k in v)
+  if left:
+    raise ValueError(f'{saved.path}: head parameters {left} have no place in {architecture}')
+  cfg = hf_config(conv, architecture)
+  kind, labels = saved.head['kind'], list(saved.task['label_list'])
+  if kind == 'span':
+    cfg['num_labels'] = 2  # start, end
+  elif kind == 'regression':
+    cfg.update(num_labels=1, problem_type='regression')
+  else:
+    cfg.update(id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    if kind == 'classification':
+      cfg['problem_type'] = 'single_label_classification'
+  cfg['classifier_dropout'] = saved.head['dropout_rate']
+  cfg['electra_jax'] = {'task': saved.task, 'seq_len': saved.seq_len, 'step': saved.step}
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  save_file(tensors, str(out / 'model.safetensors'), metadata={'format': 'pt'})
+  (out / 'config.json').write_text(json.dumps(cfg, indent=2) + '\n')
+  write_tokenizer(out, conv.vocab, saved.lowercase, saved.seq_len)
+  return out
+
+
+def _vocab_list(path: Path) -> list:
+  tokens = path.read_text(encoding='utf-8').split('\n')
+  return tokens[:-1] if tokens and tokens[-1] == '' else tokens

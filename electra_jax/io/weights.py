@@ -6,12 +6,15 @@
 
 `path` is, as `detect(path)` names it,
   export       an electra_jax export dir (model_config.json + *.msgpack), as pre-training
-               (RUN/export) or electra_jax.io.convert writes it
+               (RUN/export) or electra_jax.io.convert writes it, or a fine-tuned model
+               (RUN/model, electra_jax.io.finetuned: its encoder)
   pretraining  a pre-training run (config.json + checkpoints/): its latest checkpoint, the
                towers cut out with the run's embedding sharing
   huggingface  a Hugging Face ELECTRA dir (config.json + pytorch_model.bin / model.safetensors),
                or a dir holding discriminator/ and generator/ (a pair)
   tf1          an original google-research/electra TF1 checkpoint (its directory or prefix)
+or a Hugging Face Hub id (`google/electra-small-discriminator`), found in the local Hugging
+Face cache (`resolve_hub_id`; never downloaded).
 `load` returns a `Pretrained`: kind (the format above), model_config (config.model fields),
 params (nested numpy), the vocab (a vocab.txt path or the tokens) and lower-casing. For
 fine-tuning the params hold (at least) the ElectraModel subtrees `embeddings` and
@@ -38,6 +41,7 @@ from electra_jax import runlog
 from electra_jax.data import tokenizer as tok_lib
 from electra_jax.io import checkpoint
 from electra_jax.io import common
+from electra_jax.io import finetuned
 from electra_jax.io import huggingface as hf
 from electra_jax.io import tf1
 from electra_jax.io.common import Converted
@@ -92,16 +96,46 @@ def detect(path, setting: str = 'train.init_from') -> str:
       f'{" or ".join(_HF_WEIGHTS)}) or a TF1 checkpoint (*.index)')
 
 
+def resolve_hub_id(path, setting: str = 'train.init_from') -> Path | None:
+  """A Hugging Face Hub id (`org/name`, not an existing path) -> its snapshot in the local
+  Hugging Face cache (huggingface_hub, local_files_only: never downloads). None when `path`
+  is not shaped like a Hub id; FileNotFoundError, naming the command that would fetch it,
+  when the model is not cached."""
+  s = str(path)
+  if Path(s).expanduser().exists() or s.count('/') != 1 or s.startswith(('.', '/', '~')):
+    return None
+  try:
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+    from huggingface_hub import errors  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise FileNotFoundError(f'{setting}={s}: no such file or directory (reading it as a Hugging '
+                            "Face Hub id needs huggingface_hub: pip install -e '.[hf]')") from None
+  try:
+    return Path(huggingface_hub.snapshot_download(s, local_files_only=True))
+  except errors.HFValidationError:
+    return None
+  except errors.LocalEntryNotFoundError:
+    raise FileNotFoundError(
+        f'{setting}={s}: no such file or directory, and the Hugging Face Hub model {s} is not in '
+        f'the local cache ({huggingface_hub.constants.HF_HUB_CACHE}); nothing is downloaded at '
+        f'run time: fetch it first with `huggingface-cli download {s}`') from None
+
+
 def load(path, tree: str = 'model', *, setting: str = 'train.init_from') -> Pretrained:
   """The weights at `path` (see the module docstring), cut to `tree`.
 
   tree: 'model' (the discriminator's encoder, what fine-tuning starts from) or
   'pretrainer' (both towers, for continued pre-training; also 'discriminator' or
-  'generator'). `setting` names the config value in error messages.
+  'generator'). `setting` names the config value in error messages. A Hugging Face Hub
+  id (e.g. google/electra-small-discriminator) is read from the local HF cache.
   """
-  p = Path(path).expanduser()
+  p = resolve_hub_id(path, setting) or Path(path).expanduser()
   fmt = detect(p, setting)
   if tree == 'model':
+    if fmt == 'export' and finetuned.is_saved_model(p):  # a fine-tuned model: its encoder
+      m = finetuned.load(p)
+      params = {k: m.params[k] for k in ('embeddings', 'discriminator')}
+      return Pretrained(str(p), fmt, m.model_config, params, m.vocab, m.lowercase)
     if fmt == 'export':
       cfg, params = checkpoint.load_exported(p, 'discriminator')
       vocab = p / 'vocab.txt'

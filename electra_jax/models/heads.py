@@ -6,6 +6,10 @@ pre-trained encoder drops in by path) plus one task head:
 
   classification  dropout(0.1) on the [CLS] vector, then dense(num_labels)
                   (no pooler, as the official ELECTRA code).  -> logits [B, C]
+                  With form='hf', Hugging Face's ElectraClassificationHead instead:
+                  dropout, dense(H), GELU, dropout, dense(num_labels) (`dense`,
+                  `out_proj`), so that an export to ElectraForSequenceClassification
+                  is exact.
   regression      the same with one output (STS-B).          -> predictions [B]
   span            SQuAD: dense(2) per token gives independent start / end
                   logits [B, L] (padding masked); with `answerability` (2.0) a
@@ -36,10 +40,13 @@ from electra_jax.models import encoder
 from electra_jax.models import layers
 
 KINDS = ('classification', 'regression', 'span', 'tagging')
+# Classification / regression head forms: the official one dense layer on [CLS], or
+# Hugging Face's dense -> GELU -> dropout -> dense (ElectraClassificationHead).
+HEAD_FORMS = ('official', 'hf')
 
 # Added to masked-out span logits. Finite (not -inf) so softmax stays NaN-free
 # even for an all-masked row, and small enough for bfloat16.
-_MASK_LOGIT = -1e4
+MASK_LOGIT = -1e4
 
 # Batch keys each head's loss reads (besides input_ids / input_mask / segment_ids
 # and `weights`). Tagging: one label per token and a 0/1 mask of the scored
@@ -59,10 +66,13 @@ class HeadConfig:
   num_labels: int = 2
   dropout_rate: float = 0.1
   answerability: bool = False  # SQuAD 2.0 answerability classifier
+  form: str = 'official'  # classification / regression: one of HEAD_FORMS
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f'head kind {self.kind!r}; expected one of {KINDS}')
+    if self.form not in HEAD_FORMS:
+      raise ValueError(f'head form {self.form!r}; expected one of {HEAD_FORMS}')
     if self.kind in ('classification', 'tagging') and self.num_labels < 2:
       raise ValueError(f'{self.kind} head needs num_labels >= 2, got {self.num_labels}')
 
@@ -73,18 +83,26 @@ class ClassificationHead(nn.Module):
   dropout_rate: float
   initializer_range: float
   dtype: str
+  form: str = 'official'
 
   @nn.compact
   def __call__(self, h_BxLxH, deterministic: bool):
     cls_BxH = h_BxLxH[:, 0]
     cls_BxH = nn.Dropout(self.dropout_rate)(cls_BxH, deterministic=deterministic)
+    if self.form == 'hf':  # transformers' ElectraClassificationHead
+      x_BxH = layers.gelu(layers.dense(h_BxLxH.shape[-1], ('hidden', 'mlp'),
+                                       self.initializer_range, self.dtype, 'dense')(cls_BxH))
+      x_BxH = nn.Dropout(self.dropout_rate)(x_BxH, deterministic=deterministic)
+      logits_BxC = layers.dense(self.num_labels, ('mlp', 'classes'), self.initializer_range,
+                                self.dtype, 'out_proj')(x_BxH)
+      return logits_BxC.astype(jnp.float32)
     logits_BxC = layers.dense(self.num_labels, ('hidden', 'classes'), self.initializer_range,
                               self.dtype, 'dense')(cls_BxH)
     return logits_BxC.astype(jnp.float32)
 
 
 class SpanHead(nn.Module):
-  """[B, L, H] -> (start_logits [B, L], end_logits [B, L]); padding gets _MASK_LOGIT."""
+  """[B, L, H] -> (start_logits [B, L], end_logits [B, L]); padding gets MASK_LOGIT."""
   initializer_range: float
   dtype: str
 
@@ -93,8 +111,8 @@ class SpanHead(nn.Module):
     logits_BxLx2 = layers.dense(2, ('hidden', 'classes'), self.initializer_range, self.dtype,
                                 'dense')(h_BxLxH).astype(jnp.float32)
     valid_BxL = input_mask_BxL.astype(bool)
-    start_BxL = jnp.where(valid_BxL, logits_BxLx2[..., 0], _MASK_LOGIT)
-    end_BxL = jnp.where(valid_BxL, logits_BxLx2[..., 1], _MASK_LOGIT)
+    start_BxL = jnp.where(valid_BxL, logits_BxLx2[..., 0], MASK_LOGIT)
+    end_BxL = jnp.where(valid_BxL, logits_BxLx2[..., 1], MASK_LOGIT)
     return start_BxL, end_BxL
 
 
@@ -150,10 +168,10 @@ class FinetuneModel(nn.Module):
                                                                    deterministic)
     init, dtype = c.initializer_range, c.dtype
     if hc.kind == 'classification':
-      return {'logits': ClassificationHead(hc.num_labels, hc.dropout_rate, init, dtype,
+      return {'logits': ClassificationHead(hc.num_labels, hc.dropout_rate, init, dtype, hc.form,
                                            name='classifier')(h_BxLxH, deterministic)}
     if hc.kind == 'regression':
-      out = ClassificationHead(1, hc.dropout_rate, init, dtype, name='classifier')(
+      out = ClassificationHead(1, hc.dropout_rate, init, dtype, hc.form, name='classifier')(
           h_BxLxH, deterministic)
       return {'predictions': out[:, 0]}
     if hc.kind == 'span':

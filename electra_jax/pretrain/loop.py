@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import pathlib
-import signal
 import time
 import jax
 import jax.numpy as jnp
@@ -129,49 +128,8 @@ class NonFiniteError(FloatingPointError):
   """Raised (nan_policy='stop') when a step's loss or gradient norm is NaN/Inf."""
 
 
-class _Preemption:
-  """Turns SIGTERM/SIGINT into a stop request the loop polls between steps.
-
-  One process: our own handlers set a flag. Several processes must all stop at
-  the same step, so there SIGTERM is left to JAX's preemption notifier (the
-  coordination service agrees on a sync step, asked through orbax's
-  `reached_preemption`), and only SIGINT is caught here; every host polls the
-  agreed answer, never its own local flag.
-  """
-
-  def __init__(self, ckpt):
-    self.signal = None
-    self._ckpt = ckpt
-    self._old = {}
-    self._multi = jax.process_count() > 1
-
-  def __enter__(self):
-    sigs = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)
-    for sig in sigs:
-      try:
-        self._old[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C: stop now
-    self.signal = signal.Signals(signum).name
-
-  def requested(self, step: int) -> bool:
-    """Whether to save and stop after `step` (identical on every host)."""
-    if not self._multi:
-      return self.signal is not None
-    if self._ckpt.reached_preemption(step):
-      self.signal = self.signal or 'preemption'
-      return True
-    return False
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
+# SIGTERM/SIGINT -> save and stop (shared with fine-tuning).
+_Preemption = checkpoint.Preemption
 
 
 def check_vocab(config, tokenizer, where: str = '') -> None:

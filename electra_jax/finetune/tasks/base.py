@@ -151,13 +151,65 @@ def eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int
     yield batch
 
 
+def bucket_lengths(seq_len: int, num_buckets: int) -> tuple[int, ...]:
+  """`num_buckets` evenly spaced sequence lengths up to seq_len, multiples of 8 (but the
+  last, seq_len itself); (seq_len,) when num_buckets <= 1 (no bucketing)."""
+  if num_buckets <= 1:
+    return (seq_len,)
+  up8 = lambda x: -(-x // 8) * 8  # noqa: E731
+  return tuple(sorted({min(seq_len, up8(-(-seq_len * k // num_buckets)))
+                       for k in range(1, num_buckets + 1)}))
+
+
+def _bucket_index(arrays: Mapping[str, np.ndarray], buckets: Sequence[int]) -> np.ndarray:
+  """Per row: the index of the shortest bucket length holding its tokens (input_mask)."""
+  lengths = np.asarray(arrays['input_mask']).sum(1)
+  return np.searchsorted(np.asarray(buckets), lengths, side='left')
+
+
+def _cut(batch: Mapping[str, np.ndarray], seq_len: int, length: int) -> dict[str, np.ndarray]:
+  """Per-token arrays ([B, seq_len, ...]) cut to `length` columns; others unchanged."""
+  return {k: v[:, :length] if v.ndim >= 2 and v.shape[1] == seq_len else v
+          for k, v in batch.items()}
+
+
+def _bucketed_train_batches(arrays, batch_size, seed, epoch, buckets):
+  """Batches of rows of similar length, each cut to its bucket's length.
+
+  The epoch's permutation (seeded by (seed, epoch), as without buckets) decides which
+  n % batch_size rows sit out; the rest are grouped by bucket in permutation order and
+  cut into batches (a batch straddling two buckets takes the longer length), and the
+  batches are served in an order seeded by (seed, epoch) too.
+  """
+  n = _num_rows(arrays)
+  seq_len = arrays['input_ids'].shape[1]
+  rng = np.random.default_rng([seed, epoch])
+  num_batches = n // batch_size
+  perm = rng.permutation(n)[:num_batches * batch_size]
+  bucket = _bucket_index(arrays, buckets)
+  grouped = perm[np.argsort(bucket[perm], kind='stable')]
+  for j in rng.permutation(num_batches):
+    rows = grouped[j * batch_size:(j + 1) * batch_size]
+    batch = {k: v[rows] for k, v in arrays.items()}
+    batch['weights'] = np.ones(batch_size, np.float32)
+    yield _cut(batch, seq_len, buckets[int(bucket[rows].max())])
+
+
 def train_batches(arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, epoch: int,
-                  drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
-  """One epoch of shuffled batches; the permutation depends only on (seed, epoch).
+                  drop_remainder: bool = True, buckets: Sequence[int] | None = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """One epoch of shuffled batches; the order depends only on (seed, epoch).
 
   With drop_remainder the last partial batch is skipped (fixed shapes, as the official
   code); otherwise it is zero-padded like eval_batches. Every batch carries `weights`.
+  buckets (bucket_lengths; several): length-bucketed batches, each cut to the shortest
+  bucket length holding its rows' tokens (see _bucketed_train_batches; drop_remainder only).
   """
+  if buckets is not None and len(buckets) > 1:
+    if not drop_remainder:
+      raise ValueError('length-bucketed training batches need drop_remainder=True')
+    yield from _bucketed_train_batches(arrays, batch_size, seed, epoch, buckets)
+    return
   n = _num_rows(arrays)
   perm = np.random.default_rng([seed, epoch]).permutation(n)
   shuffled = {k: v[perm] for k, v in arrays.items()}
@@ -165,6 +217,24 @@ def train_batches(arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, 
     if drop_remainder and batch['weights'][-1] == 0:
       return
     yield batch
+
+
+def bucketed_eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int,
+                          buckets: Sequence[int]) -> tuple[np.ndarray, Iterator[dict]]:
+  """(order, batches): eval_batches over the rows sorted by length (stable), each batch cut
+  to the shortest bucket length holding its rows. Row i of the concatenated real outputs
+  is row order[i] of `arrays`."""
+  seq_len = arrays['input_ids'].shape[1]
+  bucket = _bucket_index(arrays, buckets)
+  order = np.argsort(bucket, kind='stable')
+  sorted_arrays = {k: v[order] for k, v in arrays.items()}
+
+  def batches():
+    for start, batch in zip(range(0, len(order), batch_size),
+                            eval_batches(sorted_arrays, batch_size)):
+      length = buckets[int(bucket[order[start:start + batch_size]].max())]
+      yield _cut(batch, seq_len, length)
+  return order, batches()
 
 
 def num_train_steps(num_features: int, batch_size: int, epochs: float,
