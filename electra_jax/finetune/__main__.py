@@ -60,6 +60,9 @@ def main(argv):
     root.addHandler(early)
 
     def open_log():
+      if not loop.is_writer():  # process 0 of a multi-host run writes log.txt
+        root.removeHandler(early)
+        return
       handler = logging.FileHandler(Path(workdir) / 'log.txt')
       handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
       early.setTarget(handler)

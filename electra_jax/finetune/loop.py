@@ -165,7 +165,7 @@ def create_state(model, tx, mesh, seq_len: int, rng, loaded_params=None):
     return st, shardings, [], []
   shardings = state_lib.shardings(init, tx, mesh)
   params = state_lib.init_params(init, shardings, rng)
-  host, missing, unexpected = merge_params(jax.device_get(params), loaded_params)
+  host, missing, unexpected = merge_params(_to_host(params), loaded_params)
   return state_lib.from_params(host, tx, shardings), shardings, missing, unexpected
 
 
@@ -252,6 +252,24 @@ def _check_batch_size(name: str, batch_size: int, mesh):
   shards = mesh.shape['data'] * mesh.shape['fsdp']
   if batch_size % shards:
     raise ValueError(f'{name}={batch_size} is not a multiple of the {shards} devices of the mesh')
+  if batch_size % jax.process_count():
+    raise ValueError(f'{name}={batch_size} is not a multiple of the {jax.process_count()} '
+                     'processes (each reads an equal share of every batch)')
+
+
+def is_writer() -> bool:
+  """Whether this process writes the workdir's files: process 0 (all of them compute)."""
+  return jax.process_index() == 0
+
+
+class _NoWriter:
+  """The metrics writer of the processes that do not write (is_writer() False)."""
+
+  def write(self, record: dict) -> None:
+    del record
+
+  def close(self) -> None:
+    pass
 
 
 # --------------------------------------------------------------------------- the loop
@@ -399,9 +417,10 @@ def _finetune(config, workdir: Path, start, requested) -> dict:
   start.started()  # the inputs are checked: from here on the workdir is this run's
   ran = json.loads(config.to_json_best_effort())
   ran['model'] = dict(model_dict)  # what runs, the checkpoint's structure included
-  (workdir / 'config.json').write_text(json.dumps(ran, indent=2, sort_keys=True, default=str))
-  (workdir / 'metrics.jsonl').unlink(missing_ok=True)  # a fresh run: no records of an older one
-  jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl')
+  if is_writer():
+    (workdir / 'config.json').write_text(json.dumps(ran, indent=2, sort_keys=True, default=str))
+    (workdir / 'metrics.jsonl').unlink(missing_ok=True)  # a fresh run: no records of an older one
+  jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl') if is_writer() else _NoWriter()
   train_keys = INPUT_KEYS + heads.LABEL_KEYS[task.kind]
   train_arrays = {k: train_feats.arrays[k] for k in train_keys}
   history, pending, last_outputs, t_train = [], [], {}, time.time()
@@ -436,7 +455,7 @@ def _finetune(config, workdir: Path, start, requested) -> dict:
   jsonl.close()
 
   for split, feats in eval_feats.items():
-    if task.kind == 'span':  # The answers behind the final SQuAD scores.
+    if task.kind == 'span' and is_writer():  # The answers behind the final SQuAD scores.
       outputs = last_outputs[split]
       preds, _, _ = task.postprocess(feats, outputs['start_logits'], outputs['end_logits'],
                                      outputs.get('answerable_logits'))
@@ -461,7 +480,8 @@ def _finetune(config, workdir: Path, start, requested) -> dict:
       'test_prediction_files': [str(p) for p in test_files],
       'train_time_s': round(train_time, 1), 'wall_time_s': round(time.time() - t_start, 1),
   }
-  (workdir / 'results.json').write_text(json.dumps(results, indent=2, sort_keys=True))
+  if is_writer():
+    (workdir / 'results.json').write_text(json.dumps(results, indent=2, sort_keys=True))
   log.info('final %s: %s (wall %.0f s)', task.name,
            {s: _fmt(m) for s, m in results['dev'].items()}, results['wall_time_s'])
   return results
@@ -485,6 +505,8 @@ def write_test_predictions(task, config, tokenizer, predict_fn, params, mesh, wo
       log.warning('no %s/%s data, no leaderboard file: %s', task.name, split, e)
       continue
     outputs = predict(predict_fn, params, feats, config.train.eval_batch_size, mesh)
+    if not is_writer():  # every process predicts (a collective); process 0 writes
+      continue
     path = task.write_test_predictions(task_predictions(task, outputs), feats.examples,
                                        workdir / 'test_predictions', split)
     log.info('wrote %s (%d rows)', path, len(feats.examples))
