@@ -207,7 +207,7 @@ def exit_if_multiprocess(e: Exception) -> None:
   first = text.splitlines()[0][:500] if text else ''
   print(f'error: process {jax.process_index()} of {jax.process_count()} stopped: '
         f'{type(e).__name__}: {first}'
-        + ('. Another process has probably died: see its log' if peer else '')
+        + ('. Another process has probably died or stalled: see its log' if peer else '')
         + '. Run the same command on every host again (pre-training resumes from its last '
         'checkpoint).', file=sys.stderr, flush=True)
   sys.stdout.flush()
