@@ -196,6 +196,8 @@ def exit_if_multiprocess(e: Exception) -> None:
   one too, until the coordination service gives up on it (its heartbeat timeout, 100 s
   by default). Anything but a lost peer keeps its traceback. One process: returns.
   """
+  if 'jax' not in sys.modules:  # failed before any JAX work
+    return
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     return
