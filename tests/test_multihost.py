@@ -6,11 +6,11 @@ with its own --xla_force_host_platform_device_count=D CPU devices, so the mesh s
 devices joined by gloo CPU collectives: what a pod slice runs, one process per host. The
 reference is one process with the same global device count.
 
-Pre-training tests share one configuration (the tiny runlocal config shrunk further: see
-runtime_util.overrides, and one layer; 40 steps, a loss logged every step, a checkpoint every 10), one data
-cache built once per session, and the session's uninterrupted runs. Every wait has a bound;
-a run that overstays it is killed and its logs are shown. `pytest -m multihost` runs only
-these; `-m 'not multihost'` skips them.
+Pre-training tests share one configuration (the tiny runlocal config shrunk further, see
+runtime_util.overrides, to one layer; 40 steps, a loss logged every step, a checkpoint every
+10), one data cache built once per session, and the session's uninterrupted runs. Every
+wait has a bound; a run that overstays it is killed and its logs are shown. `pytest -m
+multihost` runs only these; `-m 'not multihost'` skips them.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ pytestmark = pytest.mark.multihost
 
 NUM_STEPS = 40
 CKPT_EVERY = 10
-RUN = {'model.num_layers': 1, 'train.num_steps': NUM_STEPS, 'train.log_every': 1, 'train.checkpoint_every': CKPT_EVERY,
-       'train.keep_checkpoints': NUM_STEPS // CKPT_EVERY, 'train.eval_batches': 0,
-       'train.eval_every': 1000}
+RUN = {'model.num_layers': 1, 'train.num_steps': NUM_STEPS, 'train.log_every': 1,
+       'train.checkpoint_every': CKPT_EVERY, 'train.keep_checkpoints': NUM_STEPS // CKPT_EVERY,
+       'train.eval_batches': 0, 'train.eval_every': 1000}
 # The tolerances of tests/test_train_step.py::test_one_device_equals_eight_devices_and_fsdp.
 LOSS_RTOL, GRAD_NORM_RTOL, PARAM_ATOL = 1e-5, 1e-4, 1e-5
 RUN_TIMEOUT = 900  # s, for a whole run, compiling included (3 min on 2 cores under heavy load)
@@ -459,7 +459,8 @@ def test_finetune_two_processes_equal_one(runs, tmp_path):
   """electra_jax.finetune from a pre-training export: 2 x 1 devices == 1 x 2 devices."""
   import test_finetune  # pylint: disable=g-import-not-at-top  (its synthetic RTE)
   export = runs.get(1, 2) / 'export'
-  test_finetune._write_rte(tmp_path / 'data', n_train=64, n_dev=32)  # pylint: disable=protected-access
+  write_rte = test_finetune._write_rte  # pylint: disable=protected-access
+  write_rte(tmp_path / 'data', n_train=64, n_dev=32)
   launched = {}
   for nproc in (2, 1):  # side by side
     wd = tmp_path / f'ft_{nproc}'
@@ -509,25 +510,36 @@ print(json.dumps({'data_dir': str(data.data_dir), 'n': data.train.num_examples})
 '''
 
 
-def test_two_processes_build_one_empty_cache(corpus, data_cache, tmp_path):  # noqa: F811
-  """Two processes on one empty shared cache: identical shards, no temporary dirs left."""
+def test_two_processes_build_one_empty_cache(corpus, tmp_path):  # noqa: F811
+  """Two processes on one empty shared cache: the shards of a build alone, no temp dirs left.
+
+  The corpus is big enough (~1 s to build) that both usually build, and one rename wins.
+  """
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  from electra_jax.data import loader  # pylint: disable=g-import-not-at-top
+  text = runtime_util.write_corpus(tmp_path / 'corpus.txt', num_docs=3000, seed=1)
+  vocab = corpus[1]
+  cfg = ConfigDict(dict(source=str(text), vocab=str(vocab), lowercase=True, eval_fraction=0.2,
+                        num_shards=2, num_workers=0))
+  alone = loader.make_pretraining_data(cfg, 32, 8, 8, 0, tmp_path / 'alone').data_dir
+
   cache = tmp_path / 'cache'
   ready = [str(tmp_path / f'ready{i}') for i in range(2)]
-  cmds = [[sys.executable, '-c', _BUILD, str(corpus[0]), str(corpus[1]), str(cache), me,
-           ','.join(ready)] for me in ready]
+  cmds = [[sys.executable, '-c', _BUILD, str(text), str(vocab), str(cache), me, ','.join(ready)]
+          for me in ready]
   procs = Procs(cmds, env(1, 1), tmp_path / 'build')
   procs.wait_ok(timeout=120)
   outs = [json.loads(procs.log(i).strip().splitlines()[-1]) for i in range(2)]
   assert outs[0] == outs[1]
   built = Path(outs[0]['data_dir'])
-  assert built.parent == cache and built.name == data_cache.name
-  leftovers = [p.name for p in cache.rglob('*') if 'tmp' in p.name]
-  assert not leftovers, leftovers
-  files = sorted(p.relative_to(data_cache) for p in data_cache.rglob('*')
+  assert built.parent == cache and built.name == alone.name
+  assert sorted(p.name for p in cache.iterdir()) == [alone.name]  # no temporary directory
+  files = sorted(p.relative_to(alone) for p in alone.rglob('*')
                  if p.is_file() and p.name != 'build_stats.json')
   assert files and files == sorted(p.relative_to(built) for p in built.rglob('*')
                                    if p.is_file() and p.name != 'build_stats.json')
   for f in files:
-    assert (built / f).read_bytes() == (data_cache / f).read_bytes(), f
+    assert (built / f).read_bytes() == (alone / f).read_bytes(), f
   builders = sum('building ' in procs.log(i) for i in range(2))  # its progress bar
-  report(f'empty cache, 2 processes: {builders} built it, one cache of {len(files)} files')
+  report(f'empty cache, 2 processes: {builders} of them built it ({outs[0]["n"]} examples); '
+         f'one cache of {len(files)} files, byte-identical to a build alone')
