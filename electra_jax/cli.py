@@ -85,6 +85,9 @@ def init_distributed() -> None:
   auto = ('multihost' in FLAGS and FLAGS.multihost) or os.environ.get(
       'ELECTRA_JAX_MULTIHOST') == '1'
   if explicit or auto or os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    if jax.config.jax_cpu_collectives_implementation is None:
+      # CPU processes (a rehearsal on one machine) reduce over gloo (newer jax's default).
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(**explicit)
     logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
@@ -174,5 +177,40 @@ def run(main: Callable, define_flags: Callable | None = None, *,
       if FLAGS.debug or os.environ.get(DEBUG_ENV, '') not in ('', '0'):
         raise
       error(e, 2 if isinstance(e, UsageError) else 1)
+    except Exception as e:  # pylint: disable=broad-except
+      exit_if_multiprocess(e)
+      raise
 
   app.run(guarded, flags_parser=_parser)
+
+
+# Words of the errors a collective or the coordination service raises when a peer is gone.
+_PEER_LOST = ('Gloo', 'onnection', 'peer', 'heartbeat', 'UNAVAILABLE', 'arrier')
+
+
+def exit_if_multiprocess(e: Exception) -> None:
+  """In a multi-process run: reports `e` as one `error:` line and exits with status 1 now.
+
+  A failed collective usually means another process died. Leaving normally would run
+  jax.distributed's shutdown barrier at exit, which waits for every process, the dead
+  one too, until the coordination service gives up on it (its heartbeat timeout, 100 s
+  by default). Anything but a lost peer keeps its traceback. One process: returns.
+  """
+  if 'jax' not in sys.modules:  # failed before any JAX work
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return
+  text = str(e).strip()
+  peer = isinstance(e, jax.errors.JaxRuntimeError) and any(w in text for w in _PEER_LOST)
+  if not peer:
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+  first = text.splitlines()[0][:500] if text else ''
+  print(f'error: process {jax.process_index()} of {jax.process_count()} stopped: '
+        f'{type(e).__name__}: {first}'
+        + ('. Another process has probably died or stalled: see its log' if peer else '')
+        + '. Run the same command on every host again (pre-training resumes from its last '
+        'checkpoint).', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)  # pylint: disable=protected-access

@@ -170,7 +170,7 @@ def create_state(model, tx, mesh, seq_len: int, rng, loaded_params=None):
     return st, shardings, [], []
   shardings = state_lib.shardings(init, tx, mesh)
   params = state_lib.init_params(init, shardings, rng)
-  host, missing, unexpected = merge_params(jax.device_get(params), loaded_params)
+  host, missing, unexpected = merge_params(_to_host(params), loaded_params)
   return state_lib.from_params(host, tx, shardings), shardings, missing, unexpected
 
 
@@ -281,6 +281,24 @@ def _check_batch_size(name: str, batch_size: int, mesh):
   shards = mesh.shape['data'] * mesh.shape['fsdp']
   if batch_size % shards:
     raise ValueError(f'{name}={batch_size} is not a multiple of the {shards} devices of the mesh')
+  if batch_size % jax.process_count():
+    raise ValueError(f'{name}={batch_size} is not a multiple of the {jax.process_count()} '
+                     'processes (each reads an equal share of every batch)')
+
+
+def is_writer() -> bool:
+  """Whether this process writes the workdir's files: process 0 (all of them compute)."""
+  return jax.process_index() == 0
+
+
+class _NoWriter:
+  """The metrics writer of the processes that do not write (is_writer() False)."""
+
+  def write(self, record: dict) -> None:
+    del record
+
+  def close(self) -> None:
+    pass
 
 
 # --------------------------------------------------------------------------- the loop
@@ -482,7 +500,8 @@ def finetune_and_evaluate(config, workdir: str, requested: dict | None = None, *
   with rundir.RunStart(workdir, 'fine-tuning run') as start:
     try:
       run = prepare(config, requested)
-      start.on_started(lambda: log_files.append(_attach_log_file(workdir)))
+      if is_writer():  # process 0 of a multi-host run writes the workdir's files
+        start.on_started(lambda: log_files.append(_attach_log_file(workdir)))
       return _train(config, workdir, run, start, progress, t_start)
     finally:
       for handler in log_files:
@@ -492,8 +511,7 @@ def finetune_and_evaluate(config, workdir: str, requested: dict | None = None, *
 
 def _attach_log_file(workdir: Path) -> logging.Handler:
   """Appends this process's log records to workdir/log.txt (until removed)."""
-  name = 'log.txt' if jax.process_index() == 0 else f'log.{jax.process_index()}.txt'
-  handler = logging.FileHandler(workdir / name)
+  handler = logging.FileHandler(workdir / 'log.txt')
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
   logging.getLogger().addHandler(handler)
   return handler
@@ -545,11 +563,11 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
   start.started()  # the inputs are checked: from here on the workdir is this run's
   ran = json.loads(config.to_json_best_effort())
   ran['model'] = dict(run.model_dict)  # what runs, the checkpoint's structure included
-  if jax.process_index() == 0:
+  if is_writer():
     (workdir / 'config.json').write_text(json.dumps(ran, indent=2, sort_keys=True, default=str))
     if restored is None:  # a fresh run: no records of an older one
       (workdir / 'metrics.jsonl').unlink(missing_ok=True)
-  jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl')
+  jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl') if is_writer() else _NoWriter()
   tb = runlog.TensorBoard(workdir)
   train_keys = INPUT_KEYS + heads.LABEL_KEYS[task.kind]
   train_arrays = {k: train_feats.arrays[k] for k in train_keys}
@@ -638,17 +656,18 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
 
   for split, feats in eval_feats.items():
     if task.kind == 'span':  # The answers behind the final SQuAD scores.
+      # Every process predicts when needed (a collective); process 0 writes.
       outputs = last_outputs.get(split) or predict(predict_fn, state.params, feats,
                                                    t.eval_batch_size, mesh, buckets=buckets)
       preds, _, _ = task.postprocess(feats, outputs['start_logits'], outputs['end_logits'],
                                      outputs.get('answerable_logits'))
-      if jax.process_index() == 0:
+      if is_writer():
         (workdir / f'predictions_{split}.json').write_text(json.dumps(preds, indent=1))
   test_files = write_test_predictions(task, config, tokenizer, predict_fn, state.params, mesh,
                                       workdir)
   model_dir = save_model(workdir, state.params, run.model_dict, model, task, config, tokenizer,
                          step)
-  curves = plots.plot_run(workdir) if jax.process_index() == 0 and history else None
+  curves = plots.plot_run(workdir) if is_writer() and history else None
 
   final = history[-1] if history else {}
   best = max(history, key=lambda r: r[eval_splits[0]][main]) if history else {}
@@ -667,7 +686,7 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
       'model_dir': str(model_dir), 'curves': str(curves) if curves else None,
       'train_time_s': round(train_time, 1), 'wall_time_s': round(time.time() - t_start, 1),
   }
-  if jax.process_index() == 0:
+  if is_writer():
     (workdir / 'results.json').write_text(json.dumps(results, indent=2, sort_keys=True))
   log.info('final %s: %s (wall %.0f s)', task.name,
            {s: _fmt(m) for s, m in results['dev'].items()}, results['wall_time_s'])
@@ -694,6 +713,8 @@ def write_test_predictions(task, config, tokenizer, predict_fn, params, mesh, wo
     outputs = predict(predict_fn, params, feats, config.train.eval_batch_size, mesh,
                       buckets=task_base.bucket_lengths(config.train.seq_len,
                                                        config.train.length_buckets))
+    if not is_writer():  # every process predicts (a collective); process 0 writes
+      continue
     path = task.write_test_predictions(task_predictions(task, outputs), feats.examples,
                                        workdir / 'test_predictions', split)
     log.info('wrote %s (%d rows)', path, len(feats.examples))

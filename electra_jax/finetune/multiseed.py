@@ -66,8 +66,9 @@ def run_seeds(config, workdir: str, finetune_fn=None) -> dict:
              'seeds': [r['seed'] for r in results], 'dev': summarize_runs(results),
              'wall_time_s': round(sum(r['wall_time_s'] for r in results), 1)}
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'multiseed.json').write_text(json.dumps(summary, indent=2, sort_keys=True))
-  summary['plot'] = str(plots.plot_seeds(summary, workdir / 'seeds.png'))
+  if loop.is_writer():
+    (workdir / 'multiseed.json').write_text(json.dumps(summary, indent=2, sort_keys=True))
+    summary['plot'] = str(plots.plot_seeds(summary, workdir / 'seeds.png'))
   main = summary['main_metric']
   for split, m in summary['dev'].items():
     if main in m:
