@@ -283,6 +283,12 @@ def _read_jsonl(path: Path) -> list[dict]:
   return runlog.read_jsonl(path)
 
 
+def finetune_finished(task_dir: Path, num_seeds: int) -> bool:
+  """Every seed wrote its results.json (written last; a preempted seed saves and exits 0)."""
+  return (len(list(task_dir.glob('seed_*/results.json'))) >= num_seeds
+          or num_seeds == 1 and (task_dir / 'results.json').is_file())
+
+
 def finetune_scores(task_dir: Path) -> dict:
   """{'median', 'values', 'metric'} of a task's main dev metric over its seeds."""
   files = sorted(task_dir.glob('seed_*/results.json')) or sorted(task_dir.glob('results.json'))
@@ -341,6 +347,10 @@ def run_trial(module, config_path: str, trial: Trial, root: Path, *, main_cmd: s
                tdir / 'logs' / f'finetune_{task}.log', dry_run)
           if dry_run:
             continue
+          if not finetune_finished(tw, trial.finetune['num_seeds']):
+            raise RuntimeError(f'[{trial.name}] fine-tuning {task} exited 0 before its last seed '
+                               'finished (stopped by SIGTERM/SIGINT: preempted or cancelled?); '
+                               're-run to resume it')
           (tdir / f'finetune_{task}.DONE').touch()
         if not dry_run:
           ft_scores[task] = finetune_scores(tw)

@@ -49,7 +49,10 @@ FAKE_FINETUNE = textwrap.dedent('''
     assert Path(args['config.train.init_from']).is_dir()
     # Score depends on the trial (its lr override) and the seed: known medians.
     lr = float(args.get('config.optimizer.learning_rate', '0.001'))
-    for s in range(int(args['config.num_seeds'])):
+    seeds = int(args['config.num_seeds'])
+    if os.environ.get('FAKE_FT_PREEMPT') and 'trial_b' in str(wd):
+      seeds = 1  # as a preempted multi-seed run: it saves, exits 0, and one seed is missing
+    for s in range(seeds):
       d = wd / f'seed_{s}'; d.mkdir(parents=True, exist_ok=True)
       value = 0.5 + 0.1 * s + (0.1 if 'trial_b' in str(wd) else 0.0)
       (d / 'results.json').write_text(json.dumps(
@@ -239,3 +242,19 @@ def test_glue_seeds_sweep_file(tmp_path):
   assert len(sweep.expand(module, f'init={tmp_path}')) == 8  # the GLUE score's eight tasks
   with pytest.raises(ValueError, match='needs init=PATH'):
     sweep.expand(module, 'num_seeds=3')
+
+
+def test_preempted_finetuning_is_not_done(env, monkeypatch):
+  tmp, run, calls = env
+  monkeypatch.setenv('FAKE_FT_PREEMPT', '1')
+  run(arg=':size=tiny', only=['trial_a', 'trial_b'])
+  runs = tmp / 'runs'
+  assert (runs / 'trial_a' / 'DONE').is_file()
+  assert not (runs / 'trial_b' / 'finetune_rte.DONE').exists()  # 1 of 3 seeds: not done
+  assert not (runs / 'trial_b' / 'DONE').exists()
+  calls()
+  monkeypatch.delenv('FAKE_FT_PREEMPT')
+  results = run(arg=':size=tiny', only=['trial_a', 'trial_b'])
+  assert [c['cmd'] for c in calls()] == ['finetune', 'finetune']  # trial_b's tasks only
+  assert {r['trial']: r['glue'] for r in results} == {'trial_a': pytest.approx(60.0),
+                                                      'trial_b': pytest.approx(70.0)}
