@@ -49,7 +49,10 @@ FAKE_FINETUNE = textwrap.dedent('''
     assert Path(args['config.train.init_from']).is_dir()
     # Score depends on the trial (its lr override) and the seed: known medians.
     lr = float(args.get('config.optimizer.learning_rate', '0.001'))
-    for s in range(int(args['config.num_seeds'])):
+    seeds = int(args['config.num_seeds'])
+    if os.environ.get('FAKE_FT_PREEMPT') and 'trial_b' in str(wd):
+      seeds = 1  # as a preempted multi-seed run: it saves, exits 0, and one seed is missing
+    for s in range(seeds):
       d = wd / f'seed_{s}'; d.mkdir(parents=True, exist_ok=True)
       value = 0.5 + 0.1 * s + (0.1 if 'trial_b' in str(wd) else 0.0)
       (d / 'results.json').write_text(json.dumps(
@@ -195,3 +198,63 @@ def test_only_selects_trials(env):
   assert {Path(c['workdir']).parts[-2] for c in calls() if c['cmd'] == 'main'} == {'trial_b'}
   with pytest.raises(ValueError, match='no such trials'):
     run(only=['nope'])
+
+
+def test_finetune_only_trials_from_a_checkpoint(env):
+  tmp, run, calls = env
+  export = tmp / 'ckpt' / 'export'
+  export.mkdir(parents=True)
+  (tmp / 'seeds.py').write_text(textwrap.dedent(f'''
+      def sweep(add, arg=None):  # a two-parameter sweep() gets the :ARG itself
+        num_seeds = int(arg.split('=')[1])
+        for task in ('rte', 'mrpc'):
+          add(init={str(export)!r}, finetune=dict(config='configs/finetune.py', arg='size=tiny',
+              tasks=(task,), num_seeds=num_seeds, overrides={{}}))
+      '''))
+  trials = sweep.expand(sweep.load_module(str(tmp / 'seeds.py')), 'num_seeds=5')
+  assert [(t.name, t.init, t.arg, t.finetune['num_seeds']) for t in trials] == [
+      ('rte', str(export), '', 5), ('mrpc', str(export), '', 5)]
+  results = sweep.run_sweep(str(tmp / 'seeds.py:num_seeds=5'), tmp / 'runs', main_cmd='false',
+                            finetune_cmd=f'{sys.executable} {tmp / "fake_finetune.py"}')
+  made = calls()
+  assert [c['cmd'] for c in made] == ['finetune', 'finetune']  # no pre-training
+  assert {c['init'] for c in made} == {str(export)}
+  assert [(r['trial'], r['init'], r['glue']) for r in results] == [
+      ('rte', str(export), pytest.approx(70.0)), ('mrpc', str(export), pytest.approx(70.0))]
+  assert results[0]['rte_seeds'] == '50.0 60.0 70.0 80.0 90.0'
+  assert 'pretrain_flops' not in results[0] and (tmp / 'runs' / 'results.md').is_file()
+  assert not (tmp / 'runs' / 'glue_vs_flops.png').exists()  # no pre-training axis to plot
+  (tmp / 'bad.py').write_text(f'def sweep(add):\n  add(init={str(export)!r})\n')
+  with pytest.raises(ValueError, match='it needs fine-tuning tasks'):
+    sweep.expand(sweep.load_module(str(tmp / 'bad.py')))
+  (tmp / 'bad.py').write_text(f'def sweep(add):\n  add(init={str(export)!r}, arg="size=small", '
+                              'finetune={"tasks": ("rte",)})\n')
+  with pytest.raises(ValueError, match='has no pre-training'):
+    sweep.expand(sweep.load_module(str(tmp / 'bad.py')))
+
+
+def test_glue_seeds_sweep_file(tmp_path):
+  module = sweep.load_module(str(sweep.REPO / 'configs' / 'glue_seeds.py'))
+  trials = sweep.expand(module, f'init={tmp_path},tasks=rte+mrpc,size=base')
+  assert [(t.name, t.init, t.finetune['num_seeds'], t.finetune['arg'], t.finetune['tasks'])
+          for t in trials] == [('rte', str(tmp_path), 10, 'size=base,seed=0', ('rte',)),
+                               ('mrpc', str(tmp_path), 10, 'size=base,seed=0', ('mrpc',))]
+  assert len(sweep.expand(module, f'init={tmp_path}')) == 8  # the GLUE score's eight tasks
+  with pytest.raises(ValueError, match='needs init=PATH'):
+    sweep.expand(module, 'num_seeds=3')
+
+
+def test_preempted_finetuning_is_not_done(env, monkeypatch):
+  tmp, run, calls = env
+  monkeypatch.setenv('FAKE_FT_PREEMPT', '1')
+  run(arg=':size=tiny', only=['trial_a', 'trial_b'])
+  runs = tmp / 'runs'
+  assert (runs / 'trial_a' / 'DONE').is_file()
+  assert not (runs / 'trial_b' / 'finetune_rte.DONE').exists()  # 1 of 3 seeds: not done
+  assert not (runs / 'trial_b' / 'DONE').exists()
+  calls()
+  monkeypatch.delenv('FAKE_FT_PREEMPT')
+  results = run(arg=':size=tiny', only=['trial_a', 'trial_b'])
+  assert [c['cmd'] for c in calls()] == ['finetune', 'finetune']  # trial_b's tasks only
+  assert {r['trial']: r['glue'] for r in results} == {'trial_a': pytest.approx(60.0),
+                                                      'trial_b': pytest.approx(70.0)}
