@@ -465,7 +465,7 @@ def test_finetune_two_processes_equal_one(runs, tmp_path):
   for nproc in (2, 1):  # side by side
     wd = tmp_path / f'ft_{nproc}'
     base = [sys.executable, '-m', 'electra_jax.finetune',
-            '--config=configs/finetune.py:task=rte,size=tiny,runlocal=True', f'--workdir={wd}',
+            '--config=configs/finetune.py:task=rte,runlocal=True', f'--workdir={wd}',
             f'--config.train.init_from={export}', f'--config.data.data_dir={tmp_path / "data"}',
             '--config.train.seq_len=32', '--config.train.epochs=2',
             '--config.train.log_every=1']
