@@ -143,3 +143,14 @@ def read_jsonl(path) -> list[dict]:
       continue  # a line cut short by a kill
     by_step[int(rec['step'])] = rec
   return [by_step[s] for s in sorted(by_step)]
+
+
+def console(line: str, bar=None) -> None:
+  """Prints `line` on process 0 only, above `bar` (a tqdm bar) when one is showing."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return
+  if bar is not None and not bar.disable:
+    bar.write(line)
+  else:
+    print(line, flush=True)

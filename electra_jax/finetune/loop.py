@@ -544,7 +544,7 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
     state, dropout_rng, step = restored.state, restored.rng, restored.step
     history, missing, unexpected = meta['history'], meta['missing_keys'], meta['unexpected_keys']
     position = restored.loader_state
-    _print(f'Resumed from the checkpoint at step {step} in {ckpt_mgr.directory}')
+    runlog.console(f'Resumed from the checkpoint at step {step} in {ckpt_mgr.directory}')
   else:
     state, _, missing, unexpected = create_state(
         model, tx, mesh, t.seq_len, init_rng, None if ckpt is None else ckpt.params)
@@ -634,7 +634,7 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
                             buckets=buckets)
           last_outputs[split] = outputs
           record[split] = task.compute_metrics(task_predictions(task, outputs), feats)
-          _print(f'epoch {epoch + 1} {task.name}/{split}: {_fmt(record[split])}', bar)
+          runlog.console(f'epoch {epoch + 1} {task.name}/{split}: {_fmt(record[split])}', bar)
           tb.write(step, record[split], f'dev_{split}')
         jsonl.write(record)
         history.append(record)
@@ -649,7 +649,7 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
     jsonl.close()
     tb.close()
   if preempted:
-    _print(f'{preempted}: saved a checkpoint at step {step} in {ckpt_mgr.directory}; run the '
+    runlog.console(f'{preempted}: saved a checkpoint at step {step} in {ckpt_mgr.directory}; run the '
            'same command again to resume')
     return {'preempted': preempted, 'step': step}
   train_time = time.time() - t_train
@@ -730,15 +730,6 @@ def _log_train(jsonl, pending: list, step: int, num_steps: int, epoch: int, t0: 
   log.info('step %d/%d epoch %d: %s', step, num_steps, epoch + 1, _fmt(mean))
   jsonl.write({'step': step, 'epoch': epoch + 1, 'train': mean})
   return mean
-
-
-def _print(line: str, bar=None) -> None:
-  if jax.process_index() != 0:
-    return
-  if bar is not None and not bar.disable:
-    bar.write(line)
-  else:
-    print(line, flush=True)
 
 
 def _fmt(d: dict) -> str:

@@ -313,12 +313,12 @@ def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache
   run_start.started()  # from here on the workdir is the run's
   if restored is not None:
     logging.info('resumed from step %d in %s', start, ckpt.directory)
-    _print(f'Resumed from the checkpoint at step {start} in {ckpt.directory}')
+    runlog.console(f'Resumed from the checkpoint at step {start} in {ckpt.directory}')
     if changes:
-      _print('Changed since the checkpoints were written (allowed on resume): '
+      runlog.console('Changed since the checkpoints were written (allowed on resume): '
              + rundir.describe_changes(changes))
   elif t.init_from:
-    _print(f'Continuing pre-training from the weights in {t.init_from}')
+    runlog.console(f'Continuing pre-training from the weights in {t.init_from}')
   # Each checkpoint records the config it was written under: what a resume is checked against.
   extra_meta = {'vocab_hash': data.tokenizer.vocab_hash, 'config': json.loads(config.to_json())}
   if export_only:
@@ -331,7 +331,7 @@ def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache
     dropped = sum(rundir.truncate_jsonl(workdir / name, start)
                   for name in runlog.FILES.values())
     if dropped:
-      _print(f'Rolled the logs back to step {start}: removed {dropped} record(s) of later steps')
+      runlog.console(f'Rolled the logs back to step {start}: removed {dropped} record(s) of later steps')
 
   train_step = make_train_step(config, model, tx, schedule, mesh, state_lib.shardings_of(abstract))
   eval_step = make_eval_step(config, model, mesh, state_lib.shardings_of(abstract))
@@ -341,7 +341,7 @@ def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache
     logging.warning('no held-out data (data.eval_fraction=%s); periodic evaluation is off',
                     config.data.eval_fraction)
   elif len(eval_batches) < t.eval_batches:
-    _print(f'note: the held-out set has {len(eval_batches)} batches of {t.eval_batch_size}, '
+    runlog.console(f'note: the held-out set has {len(eval_batches)} batches of {t.eval_batch_size}, '
            f'fewer than train.eval_batches={t.eval_batches} (raise data.eval_fraction for more)')
   writer = runlog.MetricsWriter(workdir, purge_step=start + 1)
   tokens_per_batch = t.batch_size * t.seq_len
@@ -357,7 +357,7 @@ def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache
                                obj_cfg)
     writer.write(step, m, split='eval')
     summary['eval'] = m
-    _print(f'eval  step {step:>7}: ' + evaluation.describe(m))
+    runlog.console(f'eval  step {step:>7}: ' + evaluation.describe(m))
     if not math.isfinite(m.get('eval_loss', 0.0)):
       good = ckpt.all_steps()
       raise NonFiniteError(
@@ -396,7 +396,7 @@ def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache
       writer.write(step, m)
       summary['train'] = m
       bar.set_postfix(loss=f'{m["loss"]:.3f}', tok_s=f'{m["tokens_per_s"]:.0f}', refresh=False)
-      _print(f'train step {step:>7}: ' + _fmt(m, ('loss', 'gen_loss', 'disc_loss', 'gen_accuracy',
+      runlog.console(f'train step {step:>7}: ' + _fmt(m, ('loss', 'gen_loss', 'disc_loss', 'gen_accuracy',
                                                   'disc_accuracy', 'learning_rate', 'seq_per_s')),
              bar)
     if over:
@@ -450,7 +450,7 @@ def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache
     # Every process says where it stopped (the same step on all: see _Preemption).
     logging.warning('process %d of %d: %s, stopped after step %d', jax.process_index(),
                     jax.process_count(), summary['preempted'], step)
-    _print(f'{summary["preempted"]}: saved a checkpoint at step {step} in {ckpt.directory}; '
+    runlog.console(f'{summary["preempted"]}: saved a checkpoint at step {step} in {ckpt.directory}; '
            'run the same command again to resume')
     return summary
   summary['export_dir'] = str(export(workdir, config, state.params, step, data.tokenizer))
@@ -473,12 +473,3 @@ def _take(loader, n: int) -> list:
 
 def _fmt(m: dict, keys) -> str:
   return '  '.join(f'{k}={m[k]:.4g}' for k in keys if k in m)
-
-
-def _print(line: str, bar=None) -> None:
-  if jax.process_index() != 0:
-    return
-  if bar is not None and not bar.disable:
-    bar.write(line)
-  else:
-    print(line, flush=True)
