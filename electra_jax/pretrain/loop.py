@@ -447,7 +447,7 @@ def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache
     writer.close()
   summary['step'] = step
   if summary['preempted']:
-    # Every process says where it stopped (the same step on all: see _Preemption).
+    # Every process says where it stopped (the same step on all: see checkpoint.Preemption).
     logging.warning('process %d of %d: %s, stopped after step %d', jax.process_index(),
                     jax.process_count(), summary['preempted'], step)
     runlog.console(f'{summary["preempted"]}: saved a checkpoint at step {step} in {ckpt.directory}; '
