@@ -26,7 +26,11 @@ Recipe (docs/reference.md, "Fine-tuning"): lr 3e-4 / 1e-4 / 5e-5 (small / base /
 large), layer-wise decay 0.8 / 0.8 / 0.9 (official off-by-one by default;
 `optimizer.fixed_top_layer=True` for the fix), 10% warmup then linear decay,
 batch 32, Adam eps 1e-6, weight decay 0.01, 3 epochs (RTE, STS-B 10; SQuAD 2),
-max_seq_length 128 (SQuAD 384, doc stride 128, query 64, n-best 20, answer 30).
+max_seq_length 128. SQuAD as the official configure_finetuning.py / qa_tasks.py:
+max_seq_length 512, doc stride 128, query 64, n-best 20, answer 30, the joint start/end
+head with beam 20 (1.1 and 2.0), for 2.0 the answerability classifier on the start
+logits with loss weight 0.5 and null threshold -2.75 (README, "SQuAD: the official
+recipe").
 `tiny` (2 layers, 64 hidden) is ours for CPU runs: lr 1e-3, decay 0.8.
 
 The run checkpoints every train.checkpoint_every steps and after every epoch; the same
@@ -36,7 +40,8 @@ labels, vocab) for electra_jax.predict and the export to Hugging Face.
 Expected: ELECTRA-Small medians (official README, dev) CoLA 57.0, MRPC 88.0,
 RTE 66.7. Measured at size=tiny on 2 shared CPU cores (wall): RTE (10 epochs)
 5-14 min, MRPC 6-11 min, CoLA 7-14 min; SQuAD 1.1 (38 dev articles, 2 epochs,
-length 384) 46 min. A tiny model from random init scores at chance on all of them.
+length 384, independent start / end head) 46 min. A tiny model from random init scores
+at chance on all of them.
 """
 
 import sys as _sys
@@ -48,6 +53,7 @@ if str(_Path(__file__).resolve().parents[1]) not in _sys.path:
 from configs import pretrain
 from electra_jax import configlib
 import ml_collections
+from ml_collections import config_dict
 
 # Fine-tuning recipe per size: (learning rate, layer-wise LR decay).
 RECIPE = {'tiny': (1e-3, 0.8), 'small': (3e-4, 0.8), 'base': (1e-4, 0.8), 'large': (5e-5, 0.9)}
@@ -69,11 +75,15 @@ def get_config(arg=None):
 
   c.task = ml_collections.ConfigDict(dict(
       name=arg.task,
-      # SQuAD only (ignored by other tasks).
+      # SQuAD only (ignored by other tasks); the official configure_finetuning.py values.
       doc_stride=128,
       max_query_length=64,
       n_best_size=20,
       max_answer_length=30,
+      # SQuAD 2.0: electra_jax.predict answers '' when a question's null score is above
+      # this. None = the official qa_na_threshold -2.75 with the answerability classifier
+      # (on its logit), 0.0 without (on null minus best span score, as BERT's).
+      qa_na_threshold=config_dict.placeholder(float),
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -105,6 +115,17 @@ def get_config(arg=None):
       # paper's) | hf (Hugging Face's dense -> GELU -> dropout -> dense: exports exactly to
       # ElectraForSequenceClassification).
       form='official',
+      # SQuAD (the official qa_tasks.py): True = the XLNet-style joint head (end logits
+      # conditioned on the start, predicted with a beam of qa_beam_size starts x ends), the
+      # official default for 1.1 and 2.0; False = independent start / end logits (BERT's;
+      # exports to Hugging Face's ElectraForQuestionAnswering).
+      qa_joint=True,
+      qa_beam_size=20,
+      # SQuAD 2.0: the official answerability classifier (on [CLS] and the start-weighted
+      # token vector), its loss weighted by qa_answerable_weight; it scores "no answer".
+      # False: the null answer's span score does (as BERT). Off for 1.1 (see README).
+      qa_answerable=True,
+      qa_answerable_weight=0.5,
   ))
 
   c.optimizer = ml_collections.ConfigDict(dict(
@@ -125,7 +146,7 @@ def get_config(arg=None):
       batch_size=32,
       eval_batch_size=64,
       epochs=0.0,  # 0 = the task's (RTE / STS-B 10, SQuAD 2, others 3)
-      seq_len=384 if squad else 128,  # examples are truncated / windowed to this length
+      seq_len=512 if squad else 128,  # examples are truncated / windowed to this length
       log_every=50,
       # Length-bucketed batching (training and evaluation): rows of similar length batched
       # together and cut to one of this many evenly spaced lengths up to seq_len (128: 32,

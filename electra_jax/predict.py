@@ -16,7 +16,10 @@ One input row is one example, in the task's form:
 `--output` gets one JSON line per input row, in order: classification
 {"label": "positive", "probabilities": {"negative": 0.02, "positive": 0.98}};
 regression {"score": 3.71}; span {"answer": ..., "probability": ..., "start_logit":
-..., "end_logit": ...} (SQuAD 2.0 adds "no_answer_score", higher = less answerable);
+..., "end_logit": ...} (the joint head's logits are log-probabilities; SQuAD 2.0 adds
+"no_answer_score", higher = less answerable, and "span", the best span: "answer" is ""
+when no_answer_score is above the task's qa_na_threshold, the official -2.75 with the
+answerability classifier);
 tagging {"tokens": [...], "tags": [...]}. The rows are featurized as evaluation
 does (the model's seq_len; SQuAD windows), run in padded batches sharded over the
 devices, with a progress bar. A malformed row stops the program with one line
@@ -196,15 +199,18 @@ class Predictor:
     if self.kind == 'regression':
       return [{'score': float(s)} for s in np.asarray(out['predictions'])]
     if self.kind == 'span':
-      _, na_scores, nbest = task.postprocess(feats, out['start_logits'], out['end_logits'],
-                                             out.get('answerable_logits'))
+      _, na_scores, nbest = task.postprocess(feats, out)
+      threshold = task.na_threshold(out)
       rows = []
       for ex in feats.examples:
         best = nbest[ex.qas_id][0]
         row = {'answer': best['text'], 'probability': round(best['probability'], 6),
                'start_logit': best['start_logit'], 'end_logit': best['end_logit']}
-        if ex.qas_id in na_scores:
-          row['no_answer_score'] = float(na_scores[ex.qas_id])
+        if ex.qas_id in na_scores:  # SQuAD 2.0
+          na = float(na_scores[ex.qas_id])
+          row.update(span=best['text'], no_answer_score=na)
+          if na > threshold:
+            row['answer'] = ''
         rows.append(row)
       return rows
     tags = task.word_predictions(out['logits'], feats)

@@ -28,14 +28,21 @@ def _batch(seed=0):
   return ids, mask, seg
 
 
+# SQuAD exports with the independent start / end head (and, for 2.0, no answerability
+# classifier): the official defaults (joint head, classifier) have no HF class.
+_QA_INDEPENDENT = dict(qa_joint=False, qa_answerable=False)
+
+
 @pytest.mark.parametrize('task,form,cls', [
     ('mrpc', 'hf', 'ElectraForSequenceClassification'),
     ('stsb', 'hf', 'ElectraForSequenceClassification'),
     ('squad1', 'official', 'ElectraForQuestionAnswering'),
+    ('squad2', 'official', 'ElectraForQuestionAnswering'),
     ('chunk', 'official', 'ElectraForTokenClassification'),
 ])
 def test_export_loads_exactly_and_matches(task, form, cls, tmp_path):
-  path, model, params, _ = saved_model(tmp_path, task, form)
+  path, model, params, _ = saved_model(tmp_path, task, form,
+                                       **(_QA_INDEPENDENT if task.startswith('squad') else {}))
   summary = convert.convert('electra_jax', 'hf', path, tmp_path / 'hf')
   assert summary['architecture'] == cls
   cfg = json.loads((tmp_path / 'hf' / 'config.json').read_text())
@@ -51,9 +58,11 @@ def test_export_loads_exactly_and_matches(task, form, cls, tmp_path):
     out = hf_model(input_ids=torch.tensor(ids, dtype=torch.long),
                    attention_mask=torch.tensor(mask, dtype=torch.long),
                    token_type_ids=torch.tensor(seg, dtype=torch.long))
-  if task == 'squad1':
-    # Ours masks padding positions (-1e4); HF leaves them: compare the real tokens.
-    real = mask.astype(bool)
+  if task.startswith('squad'):
+    # Ours masks what cannot hold an answer (-1e4: padding, the question, as the official
+    # answer_mask); HF leaves it: compare [CLS] and the context, where spans are chosen.
+    real = mask.astype(bool) & (seg == 1)
+    real[:, 0] = True
     for ours_key, theirs in (('start_logits', out.start_logits), ('end_logits', out.end_logits)):
       diff = np.abs(np.asarray(ours[ours_key])[real] - theirs.numpy()[real])
       assert diff.max() < 1e-5, (ours_key, diff.max())
@@ -76,7 +85,18 @@ def test_official_head_and_squad2_refuse_saying_why(tmp_path):
                                        r'\.form=hf'):
     convert.convert('electra_jax', 'hf', path, tmp_path / 'hf_a')
   assert not (tmp_path / 'hf_a').exists()
-  path, *_ = saved_model(tmp_path / 'b', 'squad2')
-  with pytest.raises(ValueError, match='SQuAD 2.0 .* no ELECTRA class'):
+  path, *_ = saved_model(tmp_path / 'b', 'squad2')  # the defaults: joint head + classifier
+  with pytest.raises(ValueError, match=r'joint start/end head .* and a SQuAD 2.0 answerability '
+                                       r'classifier; transformers has no ELECTRA class .* '
+                                       r'--config\.head\.qa_joint=False '
+                                       r'--config\.head\.qa_answerable=False') as e:
     convert.convert('electra_jax', 'hf', path, tmp_path / 'hf_b')
+  assert '\n' not in str(e.value)
   assert not (tmp_path / 'hf_b').exists()
+  for task, head, flag in (('squad1', {}, 'qa_joint'),
+                           ('squad2', {'qa_joint': False}, 'qa_answerable')):
+    path, *_ = saved_model(tmp_path / f'c_{task}', task, **head)
+    with pytest.raises(ValueError, match=rf'has (the joint|a SQuAD 2.0).*; transformers has '
+                                         rf'no ELECTRA class for it .* Fine-tune with '
+                                         rf'--config\.head\.{flag}=False to get'):
+      convert.convert('electra_jax', 'hf', path, tmp_path / f'hf_c_{task}')

@@ -195,7 +195,9 @@ def test_predict_pads_last_batch_and_keeps_order(tmp_path):
   np.testing.assert_allclose(a, direct, rtol=1e-4, atol=1e-5)
 
 
-def _write_squad(path, n_articles=6, per_article=12):
+def _write_squad(path, n_articles=6, per_article=12, v2=False):
+  """'what is the code ?' answered by the key word after 'the code is'; v2: every third
+  question is 'what is very big ?', unanswerable."""
   rng = random.Random(2)
   data = []
   for a in range(n_articles):
@@ -206,21 +208,28 @@ def _write_squad(path, n_articles=6, per_article=12):
       context = f'{_sentence(rng)} the code is {key} . {_sentence(rng)}'
       start = context.index(f' {key} ') + 1
       for q in range(per_article // 2):
-        qas.append({'id': f'{a}-{p}-{q}', 'question': 'what is the code ?',
-                    'answers': [{'text': key, 'answer_start': start}]})
+        qa = {'id': f'{a}-{p}-{q}', 'question': 'what is the code ?',
+              'answers': [{'text': key, 'answer_start': start}]}
+        if v2:
+          qa['is_impossible'] = q % 3 == 2
+          if qa['is_impossible']:
+            qa.update(question='what is very big ?', answers=[])
+        qas.append(qa)
       paragraphs.append({'context': context, 'qas': qas})
     data.append({'title': f'article {a}', 'paragraphs': paragraphs})
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps({'version': '1.1', 'data': data}))
+  path.write_text(json.dumps({'version': '2.0' if v2 else '1.1', 'data': data}))
 
 
 def test_squad_end_to_end(tmp_path):
+  """SQuAD 1.1 with the independent start / end head (the option; the joint default runs in
+  test_squad2_joint_end_to_end)."""
   _write_squad(tmp_path / 'data' / 'dev-v1.1.json')
   config = _config('squad1', tmp_path, **{
       'train.epochs': 2.0, 'train.seq_len': 48, 'task.doc_stride': 16,
       'task.max_query_length': 8, 'data.train_split': 'train_from_dev',
-      'data.eval_splits': 'eval_from_dev'})
-  assert finetune_config.get_config('task=squad1').train.seq_len == 384
+      'data.eval_splits': 'eval_from_dev', 'head.qa_joint': False})
+  assert finetune_config.get_config('task=squad1').train.seq_len == 512  # the official
   workdir = tmp_path / 'run'
   results = loop.finetune_and_evaluate(config, str(workdir))
   dev = results['dev']['eval_from_dev']
@@ -229,6 +238,57 @@ def test_squad_end_to_end(tmp_path):
   preds = json.loads((workdir / 'predictions_eval_from_dev.json').read_text())
   assert len(preds) == 12 and all(isinstance(v, str) for v in preds.values())
   assert results['main_metric'] == 'f1'
+
+
+def test_squad2_config_defaults_follow_the_official_code():
+  """configure_finetuning.py: max_seq_length 512, doc_stride 128, max_query_length 64,
+  n_best_size 20, max_answer_length 30, joint_prediction, beam_size 20,
+  answerable_classifier (uses_start_logits), answerable_weight 0.5, qa_na_threshold -2.75,
+  2 epochs; 1.1 joint too, without the classifier (README)."""
+  for task in ('squad2', 'squad1'):
+    c = finetune_config.get_config(f'task={task}')
+    assert c.train.seq_len == 512 and c.train.batch_size == 32
+    assert (c.task.doc_stride, c.task.max_query_length, c.task.n_best_size,
+            c.task.max_answer_length) == (128, 64, 20, 30)
+    assert c.head.qa_joint and c.head.qa_beam_size == 20
+    assert c.head.qa_answerable and c.head.qa_answerable_weight == 0.5
+    assert c.task.qa_na_threshold is None
+    task_obj = loop.build_task(c)
+    assert task_obj.epochs == 2
+    head = loop.build_model(None, task_obj, c).head
+    assert head.joint and head.beam_size == 20 and head.answerable_weight == 0.5
+    assert head.answerability == (task == 'squad2')
+  c.task.qa_na_threshold = -1.0  # a float placeholder: overridable
+  assert loop.build_task(c).qa_na_threshold == -1.0
+
+
+def test_squad2_joint_end_to_end(tmp_path):
+  """SQuAD 2.0 with the official defaults (joint head, beam, answerability classifier):
+  trains, evaluates with the v2 metrics, writes predictions and null odds, saves a model
+  that predicts; synthetic unanswerable questions."""
+  _write_squad(tmp_path / 'data' / 'dev-v2.0.json', v2=True)
+  config = _config('squad2', tmp_path, **{  # one length bucket: fewer shapes to compile
+      'train.epochs': 1.0, 'train.seq_len': 48, 'train.length_buckets': 1,
+      'task.doc_stride': 16, 'task.max_query_length': 8, 'data.train_split': 'train_from_dev',
+      'data.eval_splits': 'eval_from_dev'})
+  workdir = tmp_path / 'run'
+  results = loop.finetune_and_evaluate(config, str(workdir))
+  dev = results['dev']['eval_from_dev']
+  assert results['main_metric'] == 'best_f1'
+  assert {'exact', 'f1', 'best_f1', 'HasAns_f1', 'NoAns_f1'} <= set(dev), dev
+  assert dev['NoAns_total'] == 4 and dev['HasAns_total'] == 8
+  train_logs = [json.loads(l)['train'] for l in (workdir / 'metrics.jsonl').read_text(
+      ).splitlines() if 'train' in json.loads(l)]
+  assert train_logs and all(np.isfinite(r['answerable_loss']) for r in train_logs)
+  preds = json.loads((workdir / 'predictions_eval_from_dev.json').read_text())
+  odds = json.loads((workdir / 'null_odds_eval_from_dev.json').read_text())
+  assert len(preds) == len(odds) == 12 and set(preds) == set(odds)
+  saved = finetuned.load(workdir / 'model')
+  assert saved.head['joint'] and saved.head['answerability'] and 'qa_joint' in saved.params
+  from electra_jax import predict  # pylint: disable=import-outside-toplevel
+  (row,) = predict.Predictor(workdir / 'model', batch_size=16)(
+      [{'question': 'what is the code ?', 'context': 'the cat sat . the code is good .'}])
+  assert {'answer', 'span', 'no_answer_score'} <= set(row)
 
 
 def test_tagging_end_to_end(tmp_path):

@@ -61,16 +61,68 @@ def test_output_shapes_and_head_names(kind, num_labels, keys, shapes):
 
 def test_span_head_masks_padding_and_answerability():
   model, params = _init(heads.HeadConfig('span', 1, answerability=True))
-  ids, mask, seg = _inputs()
+  ids, mask, _ = _inputs()
+  seg = jnp.asarray(np.where(np.arange(L) >= 4, mask, 0))  # [CLS] q q q [SEP]? | context
   out = model.apply({'params': params}, ids, mask, seg, True)
   assert out['start_logits'].shape == (B, L) and out['end_logits'].shape == (B, L)
   assert out['answerable_logits'].shape == (B,)
-  assert np.all(np.asarray(out['start_logits'])[1, 10:] <= -1e4 + 1)
-  assert np.all(np.asarray(out['end_logits'])[1, 10:] <= -1e4 + 1)
-  assert np.all(np.asarray(out['start_logits'])[1, :10] > -100)
+  # Only [CLS] and the context (segment 1) can hold an answer, as the official answer_mask.
+  for k in ('start_logits', 'end_logits'):
+    x = np.asarray(out[k])
+    assert np.all(x[1, 10:] <= -1e4 + 1) and np.all(x[:, 1:4] <= -1e4 + 1)
+    assert np.all(x[1, 4:10] > -100) and np.all(x[:, 0] > -100)
   assert 'answerable_classifier' in params and 'qa_outputs' in params
   _, params_v1 = _init(heads.HeadConfig('span', 1, answerability=False))
   assert 'answerable_classifier' not in params_v1
+
+
+def test_joint_span_head_shapes_beam_and_training_path():
+  """The official joint head: its parameters, the beam's shapes and order, and the beam's
+  end log-probabilities equal to the training path's (teacher-forced) for the same start."""
+  K = 5
+  model, params = _init(heads.HeadConfig('span', 1, answerability=True, joint=True,
+                                         beam_size=K))
+  H = _cfg().hidden_size
+  shapes = jax.tree.map(lambda x: x.shape, {k: params[k] for k in ('qa_joint',
+                                                                  'answerable_classifier')})
+  assert shapes == {
+      'qa_joint': {'start_logits': {'kernel': (H, 1), 'bias': (1,)},
+                   'qa_hidden': {'kernel': (2 * H, heads.QA_HIDDEN), 'bias': (heads.QA_HIDDEN,)},
+                   'qa_logits': {'kernel': (heads.QA_HIDDEN, 1), 'bias': (1,)}},
+      'answerable_classifier': {'dense': {'kernel': (2 * H, heads.QA_HIDDEN),
+                                          'bias': (heads.QA_HIDDEN,)},
+                                'dense_output': {'kernel': (heads.QA_HIDDEN, 1), 'bias': (1,)}}}
+  assert 'qa_outputs' not in params
+  ids, mask, _ = _inputs()
+  seg = jnp.asarray(np.where(np.arange(L) >= 4, mask, 0))
+  run = jax.jit(lambda starts: model.apply({'params': params}, ids, mask, seg, True, starts))
+  out = jax.jit(lambda: model.apply({'params': params}, ids, mask, seg, True))()
+  assert {k: v.shape for k, v in out.items()} == {
+      'start_logits': (B, L), 'start_top_log_probs': (B, K), 'start_top_index': (B, K),
+      'end_top_log_probs': (B, K, K), 'end_top_index': (B, K, K), 'null_log_prob': (B,),
+      'answerable_logits': (B,)}
+  assert out['start_top_index'].dtype == out['end_top_index'].dtype == jnp.int32
+  s_idx, e_idx = np.asarray(out['start_top_index']), np.asarray(out['end_top_index'])
+  s_lp, e_lp = np.asarray(out['start_top_log_probs']), np.asarray(out['end_top_log_probs'])
+  assert np.all(np.diff(s_lp, axis=-1) <= 0) and np.all(np.diff(e_lp, axis=-1) <= 0)
+  start_lp = np.asarray(jax.nn.log_softmax(out['start_logits']))
+  np.testing.assert_allclose(s_lp, np.take_along_axis(start_lp, s_idx, 1), rtol=1e-6)
+  # The beam's top starts are the answerable positions ([CLS], context), never padding.
+  assert set(s_idx[1].tolist()) <= {0, *range(4, 10)}
+  for i in range(K):  # beam i: end log-probs = the training path's with start = that beam's
+    forced = run(jnp.asarray(s_idx[:, i]))
+    assert forced['end_logits'].shape == (B, L)
+    forced_lp = np.asarray(jax.nn.log_softmax(forced['end_logits']))
+    np.testing.assert_allclose(e_lp[:, i], np.take_along_axis(forced_lp, e_idx[:, i], 1),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(forced['answerable_logits'], out['answerable_logits'], rtol=1e-6)
+  cls = run(jnp.zeros(B, jnp.int32))
+  np.testing.assert_allclose(out['null_log_prob'], start_lp[:, 0] + np.asarray(
+      jax.nn.log_softmax(cls['end_logits']))[:, 0], rtol=1e-5, atol=1e-5)
+  # A beam wider than the row: the extra picks point past its end.
+  wide, wparams = _init(heads.HeadConfig('span', 1, joint=True, beam_size=L + 3))
+  w = jax.jit(lambda: wide.apply({'params': wparams}, ids, mask, seg, True))()
+  assert w['start_top_index'].shape == (B, L + 3) and np.all(w['start_top_index'][:, L:] >= L)
 
 
 def test_dropout_only_in_training():
@@ -128,7 +180,8 @@ def test_span_loss_with_answerability():
   e = optax.softmax_cross_entropy_with_integer_labels(out['end_logits'], batch['end_positions'])
   a = optax.sigmoid_binary_cross_entropy(out['answerable_logits'], batch['is_impossible'] * 1.)
   np.testing.assert_allclose(m['span_loss'], np.mean((s + e) / 2), rtol=1e-5)
-  np.testing.assert_allclose(loss, np.mean((s + e) / 2) + np.mean(a), rtol=1e-5)
+  # The official answerable_weight: 0.5.
+  np.testing.assert_allclose(loss, np.mean((s + e) / 2) + 0.5 * np.mean(a), rtol=1e-5)
 
 
 def test_tagging_loss_only_on_weighted_tokens():

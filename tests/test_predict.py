@@ -1,5 +1,6 @@
 """electra_jax.predict: a saved fine-tuned model on new rows of every task kind."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,12 +24,14 @@ SEQ_LEN = 32
 ENCODER = ('embeddings', 'discriminator')
 
 
-def saved_model(root, task_name, form='official', seed=0):
-  """A randomly initialised tiny model of `task_name`, saved as fine-tuning saves it."""
+def saved_model(root, task_name, form='official', seed=0, **head):
+  """A randomly initialised tiny model of `task_name`, saved as fine-tuning saves it.
+  head: config.head overrides (qa_joint=False, ...)."""
   c = finetune_config.get_config(f'task={task_name},size=tiny')
   c.model.update(dict(vocab_size=len(VOCAB), embedding_size=16, hidden_size=32, num_layers=1,
                       num_heads=2, intermediate_size=64, max_position_embeddings=64))
   c.head.form = form
+  c.head.update(head)
   c.train.seq_len = SEQ_LEN
   c.task.update(dict(max_query_length=8, doc_stride=8))
   task = loop.build_task(c)
@@ -105,6 +108,36 @@ def test_regression_span_and_tagging_rows(tmp_path):
   assert [r['tokens'] for r in out] == [['he', 'saw', 'an', 'apple'],
                                         ['she', 'ate', 'the', 'big', 'pear', 'quickly']]
   assert all(len(r['tags']) == len(r['tokens']) and set(r['tags']) <= set(labels) for r in out)
+
+
+def test_squad2_rows_no_answer_by_threshold(tmp_path):
+  """SQuAD 2.0 (the defaults: joint head, answerability classifier): each row has the best
+  span and its null score; the answer is '' exactly when the score is above the saved
+  model's threshold (None: the official -2.75)."""
+  path, *_ = saved_model(tmp_path / 'squad2', 'squad2')
+  context = 'the cat sat on the mat near the big red house and the dog ran far'
+  rows = [{'question': q, 'context': context} for q in ('what is code ?', 'what ran far ?')]
+  cfg_file = path / 'model_config.json'
+  cfg = json.loads(cfg_file.read_text())
+  assert cfg['head']['joint'] and cfg['head']['answerability']
+  assert cfg['task']['settings']['qa_na_threshold'] is None
+  cfg['task']['settings']['qa_na_threshold'] = 1e9  # read back from the saved model
+  cfg_file.write_text(json.dumps(cfg))
+  predictor = predict.Predictor(path, batch_size=8)
+  assert predictor.task.qa_na_threshold == 1e9
+  for threshold in (1e9, -1e9, None):
+    predictor.task = dataclasses.replace(predictor.task, qa_na_threshold=threshold)
+    out = predictor(rows)
+    assert len(out) == 2
+    for r in out:
+      assert set(r) == {'answer', 'span', 'probability', 'start_logit', 'end_logit',
+                        'no_answer_score'}
+      assert r['span'] and r['span'] in context
+      assert r['start_logit'] <= 0 and r['end_logit'] <= 0  # joint: log-probabilities
+      limit = -2.75 if threshold is None else threshold
+      assert r['answer'] == ('' if r['no_answer_score'] > limit else r['span'])
+    if threshold is not None:
+      assert all((r['answer'] == '') == (threshold < 0) for r in out)
 
 
 @pytest.mark.parametrize('line,expected', [

@@ -97,7 +97,7 @@ def test_featurize_then_perfect_logits_give_em_100(tmp_path, with_strings):
     n_doc = len(tok.encode(' '.join(exs[e_index].doc_tokens)))
     assert sorted(counts) == list(range(n_doc)) and set(counts.values()) == {1}
   start, end = _perfect_logits(train, len(ev), L)
-  preds, _, nbest = task.postprocess(ev, start, end)
+  preds, _, nbest = task.postprocess(ev, {'start_logits': start, 'end_logits': end})
   if with_strings:
     # Improved span + get_final_text cut inside whitespace words, keeping original case.
     assert preds == {'q1': '1895', 'q2': 'play', 'q3': 'the village', 'q4': 'Berlin'}
@@ -151,7 +151,7 @@ def test_v2_unanswerable_threshold(tmp_path):
   assert m['best_f1_thresh'] == -3.0
   assert task.main_metric == 'best_f1'
   # Without a classifier the null score is start[0]+end[0] minus the best span score.
-  _, na, _ = task.postprocess(ev, start, end)
+  _, na, _ = task.postprocess(ev, {'start_logits': start, 'end_logits': end})
   assert na['q5'] > 0 > na['q1']
 
 
@@ -258,9 +258,126 @@ def test_real_wordpiece_round_trip():
   start, end = _perfect_logits(train, len(ev), 128)
   m = task.compute_metrics({'start_logits': start, 'end_logits': end}, ev)
   assert m['exact'] > 98.0 and m['f1'] > 98.5
-  preds, _, _ = task.postprocess(ev, start, end)
+  preds, _, _ = task.postprocess(ev, {'start_logits': start, 'end_logits': end})
   misses = [(ex.orig_answer_text, preds[ex.qas_id]) for ex in exs
             if not any(metrics.squad_exact(a, preds[ex.qas_id]) for a in ex.answers)]
   # Every miss is a gold answer inside a single word ('8' in '20–18', 'gold' in '"golden').
   assert all(gold.lower().strip('.') in pred.lower() and ' ' not in pred
              for gold, pred in misses), misses
+
+
+# --------------------------------------------------------------------------- the joint head
+
+
+def _joint_model_outputs(ev, beam_sizes, answerable=True, seed=0):
+  """A random tiny joint-head model (head weights x20, far from uniform) on the windows of
+  `ev`: (its beam outputs for each of beam_sizes, the teacher-forced end logits
+  [N, start, L] for every start position). One compiled call for all."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from electra_jax.models import electra, heads
+  cfg = electra.ModelConfig(vocab_size=int(ev.arrays['input_ids'].max()) + 1,
+                            embedding_size=16, hidden_size=32, num_layers=1, num_heads=2,
+                            intermediate_size=64, max_position_embeddings=64)
+  models = [heads.FinetuneModel(cfg, heads.HeadConfig('span', 1, answerability=answerable,
+                                                      joint=True, beam_size=k))
+            for k in beam_sizes]  # the same parameters: the beam is not one
+  x = [jnp.asarray(ev.arrays[k]) for k in ('input_ids', 'input_mask', 'segment_ids')]
+  n, length = x[0].shape
+
+  @jax.jit
+  def run(key):
+    params = nn.meta.unbox(models[0].init(key, *x, True)['params'])
+    params = {k: jax.tree.map(lambda w: w * (1 if k in ('embeddings', 'discriminator') else 20),
+                              v) for k, v in params.items()}
+    outs = [m.apply({'params': params}, *x, True) for m in models]
+    forced = jax.lax.map(lambda s: models[0].apply(
+        {'params': params}, *x, True, jnp.full(n, s, jnp.int32))['end_logits'],
+                         jnp.arange(length))
+    return outs, jnp.swapaxes(forced, 0, 1)
+
+  outs, forced = run(jax.random.key(seed))
+  return [{k: np.asarray(v) for k, v in o.items()} for o in outs], np.asarray(forced, np.float64)
+
+
+def _log_softmax(x):
+  x = np.asarray(x, np.float64)
+  return x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(
+      -1, keepdims=True))
+
+
+def _valid(ev, f, s, e, max_answer_length):
+  m = ev.meta[f]
+  return (s != 0 and s in m['token_to_orig_map'] and e in m['token_to_orig_map']
+          and m['token_is_max_context'].get(s, False) and s <= e < s + max_answer_length)
+
+
+def test_joint_beam_decoding_matches_brute_force(tmp_path):
+  """Beam K >= L covers every start and end: the decoded best span of each question is the
+  argmax of log p(s) + log p(e | s) over every valid (window, s, e), p(e | s) computed by
+  the teacher-forced training path; every n-best span is valid, also with a small beam."""
+  (tmp_path / 'dev-v2.0.json').write_text(json.dumps(_squad_json(v2=True)))
+  task = squad.SquadTask(version=2, doc_stride=6, max_query_length=8, max_answer_length=3)
+  exs = task.load_examples('json', 'dev', tmp_path)
+  L = 24
+  ev = task.featurize(exs, FakeWordPiece(), L, train=False)
+  assert len(ev) > len(exs)  # several windows per long context
+  (out, small), forced_end = _joint_model_outputs(ev, beam_sizes=(L, 3))
+  assert out['start_top_index'].shape == (len(ev), L)
+  assert out['end_top_index'].shape == (len(ev), L, L)
+  start_lp = _log_softmax(out['start_logits'])
+  end_lp = _log_softmax(forced_end)  # [N, s, e]
+  _, na, nbest = task.postprocess(ev, out)
+  for e_index, ex in enumerate(ev.examples):
+    brute = max((start_lp[f, s] + end_lp[f, s, e], f, s, e)
+                for f in np.flatnonzero(ev.arrays['example_index'] == e_index)
+                for s in range(L) for e in range(L) if _valid(ev, f, s, e, 3))
+    best = nbest[ex.qas_id][0]
+    assert (best['feature_index'], best['start_index'], best['end_index']) == brute[1:]
+    assert best['start_logit'] + best['end_logit'] == pytest.approx(brute[0], abs=1e-4)
+    # SQuAD 2.0 with the classifier: the null score is the minimum answerability logit.
+    windows = ev.arrays['example_index'] == e_index
+    assert na[ex.qas_id] == pytest.approx(out['answerable_logits'][windows].min())
+
+  for entries in task.postprocess(ev, small)[2].values():
+    for x in entries:
+      if x['text'] != 'empty':
+        assert _valid(ev, x['feature_index'], x['start_index'], x['end_index'], 3), x
+        assert 1 <= len(x['text'].split()) <= 3
+
+
+def test_joint_null_score_and_threshold(tmp_path):
+  """Synthetic beam outputs: q5 (unanswerable) gets no answer from the classifier or,
+  without it, from null_log_prob against the best span; the threshold defaults by head."""
+  (tmp_path / 'dev-v2.0.json').write_text(json.dumps(_squad_json(v2=True)))
+  task = registry.get_task('squad2')
+  exs = task.load_examples('json', 'dev', tmp_path)
+  train = task.featurize(exs, FakeWordPiece(), 64, train=True)
+  ev = task.featurize(exs, FakeWordPiece(), 64, train=False)
+  n, k = len(ev), 2
+  gold_s, gold_e = train.arrays['start_positions'], train.arrays['end_positions']
+  # Beam: the gold start first (log p -0.1) with its gold end (-0.2), then a worse span.
+  out = {'start_top_log_probs': np.tile([-0.1, -3.0], (n, 1)),
+         'start_top_index': np.stack([gold_s, gold_s], 1),
+         'end_top_log_probs': np.tile([[-0.2, -4.0], [-0.5, -6.0]], (n, 1, 1)),
+         'end_top_index': np.stack([np.stack([gold_e, gold_e + 1], 1)] * k, 1),
+         'null_log_prob': np.where(train.arrays['is_impossible'] == 1, -0.01, -9.0)}
+  impossible = train.arrays['is_impossible'] == 1
+  out['start_top_index'][impossible] = [10, 11]  # q5: some context span
+  out['end_top_index'][impossible] = [[10, 11], [11, 12]]
+  preds, na, nbest = task.postprocess(ev, out)
+  assert {q: p for q, p in preds.items() if q != 'q5'} == {
+      'q1': '1895', 'q2': 'play', 'q3': 'the village', 'q4': 'Berlin'}
+  assert nbest['q1'][0]['start_logit'] == -0.1 and nbest['q1'][0]['end_logit'] == -0.2
+  # Without a classifier: null_log_prob minus the best span's log-probability.
+  assert na['q1'] == pytest.approx(-9.0 + 0.3) and na['q5'] == pytest.approx(-0.01 + 0.3)
+  assert task.na_threshold(out) == 0.0
+  m = task.compute_metrics(out, ev)
+  assert m['best_exact'] == 100.0 and m['NoAns_total'] == 1
+  # With the classifier its logit is the null score, against the official -2.75.
+  out['answerable_logits'] = np.where(impossible, 1.5, -5.0)
+  _, na, _ = task.postprocess(ev, out)
+  assert na == {'q1': -5.0, 'q2': -5.0, 'q3': -5.0, 'q4': -5.0, 'q5': 1.5}
+  assert task.na_threshold(out) == -2.75
+  assert registry.get_task('squad2', qa_na_threshold=0.5).na_threshold(out) == 0.5

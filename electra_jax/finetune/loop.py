@@ -53,7 +53,12 @@ from electra_jax.models import heads
 log = logging.getLogger(__name__)
 
 INPUT_KEYS = ('input_ids', 'input_mask', 'segment_ids')
-_SPAN_OUTPUTS = ('start_logits', 'end_logits')  # per-token; padding gets heads.MASK_LOGIT
+# Per-token outputs [N, L, ...], padded back to the full length after a bucketed batch:
+# span logits with heads.MASK_LOGIT, tagging logits with 0. (The joint span head's beam
+# outputs [N, K], [N, K, K] are not per-token.)
+_SPAN_OUTPUTS = ('start_logits', 'end_logits')
+_TOKEN_OUTPUTS = {'start_logits': heads.MASK_LOGIT, 'end_logits': heads.MASK_LOGIT,
+                  'logits': 0.0}
 # Local on-disk source name of each task family (config.data.source='local').
 _LOCAL_SOURCE = {'classification': 'tsv', 'regression': 'tsv', 'span': 'json',
                  'tagging': 'conll'}
@@ -62,14 +67,17 @@ _LOCAL_SOURCE = {'classification': 'tsv', 'regression': 'tsv', 'span': 'json',
 # --------------------------------------------------------------------------- task and data
 
 
+# config.task keys of a SQuAD task (SquadTask fields of the same names).
+SQUAD_SETTINGS = ('doc_stride', 'max_query_length', 'n_best_size', 'max_answer_length',
+                  'qa_na_threshold')
+
+
 def build_task(config):
-  """The registry's task, with SQuAD's window / n-best settings from config.task."""
+  """The registry's task, with SQuAD's window / n-best / threshold settings from config.task."""
   task = registry.get_task(config.task.name)
   if task.kind == 'span':
-    task = registry.get_task(config.task.name, doc_stride=config.task.doc_stride,
-                             max_query_length=config.task.max_query_length,
-                             n_best_size=config.task.n_best_size,
-                             max_answer_length=config.task.max_answer_length)
+    task = registry.get_task(config.task.name, **{k: config.task.get(k) for k in SQUAD_SETTINGS
+                                                  if k in config.task})
   return task
 
 
@@ -108,9 +116,18 @@ def load_features(task, config, tokenizer, split: str, train: bool,
 
 
 def build_model(model_cfg: electra.ModelConfig, task, config) -> heads.FinetuneModel:
+  """The encoder and task head. SQuAD: config.head.qa_joint picks the joint or independent
+  start / end head; the answerability classifier is on for SQuAD 2.0 with
+  config.head.qa_answerable (never for 1.1, whose questions all have answers)."""
+  h = config.head
+  span = task.kind == 'span'
   head = heads.HeadConfig(kind=task.kind, num_labels=task.num_labels,
-                          dropout_rate=config.head.dropout_rate, form=config.head.form,
-                          answerability=task.kind == 'span' and getattr(task, 'version', 1) == 2)
+                          dropout_rate=h.dropout_rate, form=h.form,
+                          answerability=span and getattr(task, 'version', 1) == 2
+                          and bool(h.get('qa_answerable', True)),
+                          joint=span and bool(h.get('qa_joint', False)),
+                          beam_size=int(h.get('qa_beam_size', 20)),
+                          answerable_weight=float(h.get('qa_answerable_weight', 0.5)))
   return heads.FinetuneModel(model_cfg, head)
 
 
@@ -181,9 +198,12 @@ def train_step(state: state_lib.TrainState, batch: dict, rng, *, model, tx, sche
   """One optimizer step with dropout. Returns (new_state, float32 scalar metrics)."""
   key = jax.random.fold_in(rng, state.step)
 
+  # The joint span head conditions its end logits on the gold start in training.
+  starts = batch['start_positions'] if model.head.kind == 'span' and model.head.joint else None
+
   def loss_fn(params):
     out = model.apply({'params': params}, batch['input_ids'], batch['input_mask'],
-                      batch['segment_ids'], False, rngs={'dropout': key})
+                      batch['segment_ids'], False, starts, rngs={'dropout': key})
     return heads.loss_and_metrics(model.head, out, batch)
 
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -252,9 +272,10 @@ def predict(predict_fn, params, features: task_base.Features, batch_size: int, m
     real = row_weights > 0
     for k, v in out.items():
       v = np.asarray(v)[real]
-      if v.ndim >= 2 and v.shape[1] < seq_len and (k in _SPAN_OUTPUTS or v.ndim == 3):
+      per_token = k in _SPAN_OUTPUTS or (k == 'logits' and v.ndim == 3)  # tagging: [N, L, T]
+      if per_token and v.shape[1] < seq_len:
         pad = [(0, 0), (0, seq_len - v.shape[1])] + [(0, 0)] * (v.ndim - 2)
-        v = np.pad(v, pad, constant_values=heads.MASK_LOGIT if k in _SPAN_OUTPUTS else 0)
+        v = np.pad(v, pad, constant_values=_TOKEN_OUTPUTS[k])
       chunks.setdefault(k, []).append(v)
   out = {k: np.concatenate(v) for k, v in chunks.items()}
   if order is not None:
@@ -396,6 +417,11 @@ def check_train_config(config) -> None:
                      'the end of each epoch)')
   if config.head.form not in heads.HEAD_FORMS:
     raise ValueError(f'head.form={config.head.form!r}; expected one of {heads.HEAD_FORMS}')
+  if config.head.get('qa_beam_size', 1) < 1:
+    raise ValueError(f'head.qa_beam_size={config.head.qa_beam_size}; expected >= 1')
+  if config.head.get('qa_answerable_weight', 0.0) < 0:
+    raise ValueError(f'head.qa_answerable_weight={config.head.qa_answerable_weight}; '
+                     'expected >= 0')
 
 
 def _check_resume(meta: dict, step: int, position: dict, num_features: int, num_steps: int,
@@ -416,8 +442,7 @@ def task_info(task, config) -> dict:
   """What a saved model records of its task: enough to rebuild it with registry.get_task."""
   settings = {}
   if task.kind == 'span':
-    settings = {k: config.task[k] for k in ('doc_stride', 'max_query_length', 'n_best_size',
-                                            'max_answer_length')}
+    settings = {k: getattr(task, k) for k in SQUAD_SETTINGS}
   return {'name': task.name, 'kind': task.kind, 'label_list': list(task.label_list),
           'num_labels': task.num_labels, 'main_metric': task.main_metric, 'settings': settings}
 
@@ -659,10 +684,11 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
       # Every process predicts when needed (a collective); process 0 writes.
       outputs = last_outputs.get(split) or predict(predict_fn, state.params, feats,
                                                    t.eval_batch_size, mesh, buckets=buckets)
-      preds, _, _ = task.postprocess(feats, outputs['start_logits'], outputs['end_logits'],
-                                     outputs.get('answerable_logits'))
+      preds, na_scores, _ = task.postprocess(feats, outputs)
       if is_writer():
         (workdir / f'predictions_{split}.json').write_text(json.dumps(preds, indent=1))
+        if na_scores:  # SQuAD 2.0: the official null_odds file (higher = less answerable)
+          (workdir / f'null_odds_{split}.json').write_text(json.dumps(na_scores, indent=1))
   test_files = write_test_predictions(task, config, tokenizer, predict_fn, state.params, mesh,
                                       workdir)
   model_dir = save_model(workdir, state.params, run.model_dict, model, task, config, tokenizer,

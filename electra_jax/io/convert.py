@@ -19,7 +19,8 @@ when the source had them. A pre-training workdir (config.json + checkpoints/)
 is read too, from its latest checkpoint. A fine-tuned model dir (RUN/model,
 electra_jax.io.finetuned) exports to the Hugging Face task class of its head:
 ElectraForSequenceClassification (GLUE; the head must be head.form=hf),
-ElectraForQuestionAnswering (SQuAD 1.1) or ElectraForTokenClassification (chunking).
+ElectraForQuestionAnswering (SQuAD; the head must be head.qa_joint=False with no
+answerability classifier) or ElectraForTokenClassification (chunking).
 
 Python (the readers are in electra_jax.io.weights):
   conv = weights.import_hf('disc_dir', generator='gen_dir')  # Converted: kind, model, params, vocab

@@ -326,12 +326,20 @@ def check_exportable(head: dict, where: str) -> str:
         "but Hugging Face's ElectraForSequenceClassification computes dense -> GELU -> "
         'dropout -> dense on [CLS], which cannot represent it: the export would change the '
         'predictions. Fine-tune with --config.head.form=hf to get a model that exports exactly')
-  if kind == 'span' and head.get('answerability'):
+  if kind == 'span' and (head.get('joint') or head.get('answerability')):
+    parts, flags = [], []
+    if head.get('joint'):
+      parts.append('the joint start/end head (end logits conditioned on the start, '
+                   'predicted with a beam)')
+      flags.append('--config.head.qa_joint=False')
+    if head.get('answerability'):
+      parts.append('a SQuAD 2.0 answerability classifier')
+      flags.append('--config.head.qa_answerable=False')
     raise ValueError(
-        f'{where} is a SQuAD 2.0 model with an answerability classifier on [CLS]; '
-        'transformers has no ELECTRA class with such a classifier (ElectraForQuestionAnswering '
-        'has start/end logits only), so it cannot be exported without dropping it. SQuAD 1.1 '
-        'models export')
+        f'{where} has {" and ".join(parts)}; transformers has no ELECTRA class for '
+        f'{"them" if len(parts) > 1 else "it"} (ElectraForQuestionAnswering scores start and '
+        'end independently, with no classifier), so the export would change the predictions. '
+        f'Fine-tune with {" ".join(flags)} to get a model that exports exactly')
   return TASK_CLASSES[kind]
 
 
@@ -339,7 +347,8 @@ def export_finetuned(saved, out_dir: str | os.PathLike) -> Path:
   """A fine-tuned model dir (electra_jax.io.finetuned.SavedModel) -> an HF task directory.
 
   Writes ElectraForSequenceClassification (classification with head.form=hf, regression
-  with problem_type=regression), ElectraForQuestionAnswering (SQuAD 1.1) or
+  with problem_type=regression), ElectraForQuestionAnswering (SQuAD with the independent
+  start / end head and no answerability classifier) or
   ElectraForTokenClassification (chunking), with id2label from the label list, and the
   tokenizer files. Refuses (check_exportable) what no HF class computes exactly.
   """

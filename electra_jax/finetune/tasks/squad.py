@@ -1,5 +1,6 @@
 """SQuAD 1.1 / 2.0: JSON and TFDS readers, doc-stride featurization, n-best post-processing
-and the official EM/F1 (v2: no-answer threshold chosen on the evaluated set).
+(independent start / end logits, or the joint head's beam) and the official EM/F1 (v2:
+no-answer threshold chosen on the evaluated set).
 
 Follows google-research/electra finetune/qa/{qa_tasks,qa_metrics}.py: contexts are split on
 whitespace into words, each word is tokenized separately (tok_to_orig_index /
@@ -272,6 +273,11 @@ class SquadTask:
   max_query_length: int = 64
   n_best_size: int = 20
   max_answer_length: int = 30
+  # SQuAD 2.0: a question gets no answer ('') when its null score (na_scores of
+  # postprocess) is above this (used by electra_jax.predict). None = by the head: the
+  # official qa_na_threshold -2.75 with the answerability classifier, 0.0 (BERT's
+  # null_score_diff_threshold) without.
+  qa_na_threshold: float | None = None
   # For the '*_from_dev' splits: article-level split of dev (train-v1.1.json is not local).
   split_eval_fraction: float = 0.2
   split_seed: int = 0
@@ -441,22 +447,52 @@ class SquadTask:
 
   # ------------------------------------------------------------------------- predictions
 
-  def postprocess(self, features: base.Features, start_logits, end_logits,
-                  answerable_logits=None) -> tuple[dict[str, str], dict[str, float], dict]:
-    """Logits -> answers, as the official write_predictions.
+  def postprocess(self, features: base.Features, outputs: Mapping[str, Any]
+                  ) -> tuple[dict[str, str], dict[str, float], dict]:
+    """Model outputs -> answers, as the official SpanBasedQAScorer.write_predictions.
 
-    start_logits, end_logits: [N, L] per window; answerable_logits: [N] (v2 answerability
-    classifier, trained with target is_impossible, so higher = less answerable) or None.
-    Returns (predictions qid -> text, na_scores qid -> float (v2 only; higher = more likely
-    unanswerable), nbest qid -> list of {text, probability, start_logit, end_logit}).
-    For v2 the prediction is the best non-null answer; na_scores decide '' via a threshold.
+    outputs (per window, N windows), one of
+      independent head: start_logits, end_logits [N, L];
+      joint head: start_top_log_probs, start_top_index [N, K], end_top_log_probs,
+        end_top_index [N, K, K] (the beam: K starts, K ends for each), null_log_prob [N];
+    and optionally answerable_logits [N] (v2 answerability classifier, trained with
+    target is_impossible, so higher = less answerable).
+    Candidate spans: independent, every pair of the n_best_size best starts and ends;
+    joint, the beam's (start, end) pairs, scored by log p(start) + log p(end | start).
+    Spans must start and end in the context, start in a window where the start token has
+    its max context, end >= start and be at most max_answer_length tokens long.
+    Returns (predictions qid -> text, na_scores qid -> float (v2 only; higher = more
+    likely unanswerable), nbest qid -> list of {text, probability, start_logit, end_logit
+    (joint: the start / end log-probabilities), feature_index, start_index, end_index
+    (the window and its token positions; absent from the 'empty' nonce entry)}).
+    For v2 the prediction is the best non-null answer; na_scores decide '' against a
+    threshold (na_threshold). The null score of a question is its minimum over windows
+    of: the answerability logit, or else [CLS]'s start + end logits (independent) or
+    null_log_prob (joint), minus (without the classifier) the best non-null span's score.
     """
-    start_logits = np.asarray(start_logits, np.float64)
-    end_logits = np.asarray(end_logits, np.float64)
+    joint = 'start_top_index' in outputs
     n = len(features)
-    if start_logits.shape[0] != n or end_logits.shape != start_logits.shape:
-      raise ValueError(f'{self.name}: expected start/end logits [{n}, L], got '
-                       f'{start_logits.shape} and {end_logits.shape}')
+    if joint:  # The beam: each row's K starts, each with K ends.
+      s_top = np.asarray(outputs['start_top_log_probs'], np.float64)
+      s_idx = np.asarray(outputs['start_top_index'])
+      e_top = np.asarray(outputs['end_top_log_probs'], np.float64)
+      e_idx = np.asarray(outputs['end_top_index'])
+      k = s_idx.shape[1] if s_idx.ndim == 2 else -1
+      if s_idx.shape != (n, k) or e_idx.shape != (n, k, k) or s_top.shape != s_idx.shape \
+          or e_top.shape != e_idx.shape:
+        raise ValueError(f'{self.name}: expected joint beam outputs [{n}, K] and [{n}, K, K], '
+                         f'got {s_idx.shape} and {e_idx.shape}')
+      null_scores = np.asarray(outputs['null_log_prob'], np.float64)
+    else:
+      start_logits = np.asarray(outputs['start_logits'], np.float64)
+      end_logits = np.asarray(outputs['end_logits'], np.float64)
+      if start_logits.shape[0] != n or end_logits.shape != start_logits.shape:
+        raise ValueError(f'{self.name}: expected start/end logits [{n}, L], got '
+                         f'{start_logits.shape} and {end_logits.shape}')
+      null_scores = start_logits[:, 0] + end_logits[:, 0]
+    answerable_logits = outputs.get('answerable_logits')
+    if answerable_logits is not None:
+      null_scores = np.asarray(answerable_logits, np.float64)
     by_example = collections.defaultdict(list)
     for f_index, e_index in enumerate(features.arrays['example_index']):
       by_example[int(e_index)].append(f_index)
@@ -465,23 +501,24 @@ class SquadTask:
       prelim, score_null = [], float('inf')
       for f_index in by_example[e_index]:
         m = features.meta[f_index]
-        s_log, e_log = start_logits[f_index], end_logits[f_index]
         if self.version == 2:
-          null = (float(answerable_logits[f_index]) if answerable_logits is not None
-                  else s_log[0] + e_log[0])
-          score_null = min(score_null, null)
-        starts = np.argsort(-s_log, kind='stable')[:self.n_best_size]
-        ends = np.argsort(-e_log, kind='stable')[:self.n_best_size]
-        for s in starts:
-          for e in ends:
-            s, e = int(s), int(e)
-            if s == 0 or s not in m['token_to_orig_map'] or e not in m['token_to_orig_map']:
-              continue
-            if not m['token_is_max_context'].get(s, False):
-              continue
-            if e < s or e - s + 1 > self.max_answer_length:
-              continue
-            prelim.append((s_log[s] + e_log[e], f_index, s, e, s_log[s], e_log[e]))
+          score_null = min(score_null, float(null_scores[f_index]))
+        if joint:
+          pairs = ((int(s_idx[f_index, i]), int(e_idx[f_index, i, j]), s_top[f_index, i],
+                    e_top[f_index, i, j]) for i in range(k) for j in range(k))
+        else:
+          s_log, e_log = start_logits[f_index], end_logits[f_index]
+          starts = np.argsort(-s_log, kind='stable')[:self.n_best_size]
+          ends = np.argsort(-e_log, kind='stable')[:self.n_best_size]
+          pairs = ((int(s), int(e), s_log[s], e_log[e]) for s in starts for e in ends)
+        for s, e, sl, el in pairs:
+          if s == 0 or s not in m['token_to_orig_map'] or e not in m['token_to_orig_map']:
+            continue
+          if not m['token_is_max_context'].get(s, False):
+            continue
+          if e < s or e - s + 1 > self.max_answer_length:
+            continue
+          prelim.append((sl + el, f_index, s, e, sl, el))
       prelim.sort(key=lambda x: x[0], reverse=True)  # Stable: ties keep official order.
       nbest, seen = [], set()
       for _, f_index, s, e, sl, el in prelim:
@@ -491,7 +528,8 @@ class SquadTask:
         if text in seen:
           continue
         seen.add(text)
-        nbest.append({'text': text, 'start_logit': float(sl), 'end_logit': float(el)})
+        nbest.append({'text': text, 'start_logit': float(sl), 'end_logit': float(el),
+                      'feature_index': f_index, 'start_index': s, 'end_index': e})
       if not nbest:  # No valid span at all: the official nonce prediction.
         nbest.append({'text': 'empty', 'start_logit': 0.0, 'end_logit': 0.0})
       totals = np.array([x['start_logit'] + x['end_logit'] for x in nbest])
@@ -507,6 +545,13 @@ class SquadTask:
       all_nbest[ex.qas_id] = nbest
     return predictions, na_scores, all_nbest
 
+  def na_threshold(self, outputs: Mapping[str, Any]) -> float:
+    """The null-score threshold for these outputs: qa_na_threshold, or by default the
+    official -2.75 with an answerability classifier and 0.0 without."""
+    if self.qa_na_threshold is not None:
+      return float(self.qa_na_threshold)
+    return -2.75 if outputs.get('answerable_logits') is not None else 0.0
+
   @staticmethod
   def _span_text(ex: SquadExample, m: dict, s: int, e: int) -> str:
     orig_text = ' '.join(ex.doc_tokens[m['token_to_orig_map'][s]:m['token_to_orig_map'][e] + 1])
@@ -518,13 +563,11 @@ class SquadTask:
 
   def compute_metrics(self, predictions: Mapping[str, np.ndarray], features: base.Features
                       ) -> dict[str, float]:
-    """predictions: {'start_logits': [N, L], 'end_logits': [N, L], optional
-    'answerable_logits': [N]} for the N windows of `features`. Returns the official
-    exact/f1 (percent; v1.1 or v2.0 script); v2 adds HasAns_*/NoAns_* and
-    best_exact/best_f1 with their thresholds chosen on this set (main: best_f1)."""
-    preds, na_scores, _ = self.postprocess(features, predictions['start_logits'],
-                                           predictions['end_logits'],
-                                           predictions.get('answerable_logits'))
+    """predictions: the model's outputs for the N windows of `features` (see
+    postprocess). Returns the official exact/f1 (percent; v1.1 or v2.0 script); v2 adds
+    HasAns_*/NoAns_* and best_exact/best_f1 with their thresholds chosen on this set
+    (main: best_f1)."""
+    preds, na_scores, _ = self.postprocess(features, predictions)
     gold = {ex.qas_id: ([] if ex.is_impossible else list(ex.answers))
             for ex in features.examples}
     if self.version == 1:
