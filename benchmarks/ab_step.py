@@ -42,12 +42,13 @@ from electra_jax.models import layers  # noqa: E402
 OPTIMISATIONS = ('threefry', 'sampling', 'mlm_loss')
 
 
-def _gumbel_per_entry(rng, logits_BxMxV, targets_BxM, temperature, disallow_correct):
-  """sample_tokens as it was: one Gumbel draw per vocabulary entry."""
+def _gumbel_per_entry(keys_Bx2, logits_BxMxV, targets_BxM, temperature, disallow_correct):
+  """sample_tokens as it was: one Gumbel draw per vocabulary entry (per-example keys, as now)."""
   logits = jax.lax.stop_gradient(logits_BxMxV).astype(jnp.float32) / temperature
   if disallow_correct:
     logits = jnp.where(jax.nn.one_hot(targets_BxM, logits.shape[-1], dtype=bool), -jnp.inf, logits)
-  gumbel = jax.random.gumbel(rng, logits.shape, jnp.float32)
+  gumbel = jax.vmap(lambda k: jax.random.gumbel(jax.random.wrap_key_data(k), logits.shape[1:],
+                                                jnp.float32))(keys_Bx2)
   return jnp.argmax(logits + gumbel, axis=-1).astype(jnp.int32)
 
 
@@ -56,8 +57,7 @@ def _mlm_loss_autodiff(logits_BxMxV, targets_BxM, weights_BxM):
   logp = jax.nn.log_softmax(logits_BxMxV.astype(jnp.float32), axis=-1)
   nll_BxM = -jnp.take_along_axis(logp, targets_BxM[..., None], axis=-1)[..., 0]
   acc_BxM = (jnp.argmax(logits_BxMxV, -1) == targets_BxM).astype(jnp.float32)
-  return (objectives.weighted_mean(nll_BxM, weights_BxM),
-          objectives.weighted_mean(acc_BxM, weights_BxM))
+  return objectives.share(nll_BxM, weights_BxM), objectives.share(acc_BxM, weights_BxM)
 
 
 @contextlib.contextmanager

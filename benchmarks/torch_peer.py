@@ -50,7 +50,8 @@ def hf_configs(config, attn_implementation: str = 'sdpa'):
                 layer_norm_eps=m.layer_norm_eps, initializer_range=m.initializer_range,
                 hidden_act='gelu')
   gen = ElectraConfig(hidden_size=gen_hidden, num_attention_heads=max(1, gen_hidden // 64),
-                      intermediate_size=4 * gen_hidden, **common)
+                      intermediate_size=4 * gen_hidden,
+                      **{**common, 'num_hidden_layers': int(round(m.num_layers * m.generator_layers))})
   disc = ElectraConfig(hidden_size=m.hidden_size, num_attention_heads=m.num_heads,
                        intermediate_size=m.intermediate_size, **common)
   for c in (gen, disc):

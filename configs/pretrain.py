@@ -10,8 +10,11 @@ GLUE dev ~79.9 after fine-tuning), on your own text and the BERT vocab:
     --config.data.source='/path/to/corpus/*.txt' --workdir=runs/small
 
 Base (766k steps, batch 256 x 512) and Large (400k steps, batch 2048 x 512)
-are sized for TPU pods / multi-GPU; see README "Scale out". Add
-`,runlocal=True` to any size for a CPU smoke run of the same code path.
+are sized for TPU pods / multi-GPU; see README "Scale out" (with
+--config.train.grad_accum_steps=K a global batch is split into K microbatches
+inside the step, for fewer accelerators). Add `,runlocal=True` to any size
+for a CPU smoke run of the same code path. README "Pre-training" maps every
+knob of the official configure_pretraining.py to its key here.
 
 Arguments (`configs/pretrain.py:k=v,k=v`):
   size      tiny | small | base | large          (a bare word sets it)
@@ -65,11 +68,15 @@ def get_config(arg=None):
       # Generator hidden size = round(fraction * hidden_size); its FFN is 4x
       # that and its heads max(1, hidden // 64), as in the official code.
       generator_fraction=size['generator_fraction'],
+      # Generator depth = round(generator_layers * num_layers) (the official
+      # `generator_layers`; 1.0 = as deep as the discriminator, as in the paper).
+      generator_layers=1.0,
       # Explicit generator sizes, for imported checkpoints whose generator does
-      # not follow the rule above (0 = derived from generator_fraction).
+      # not follow the rules above (0 = derived from generator_fraction / _layers).
       generator_hidden_size=0,
       generator_num_heads=0,
       generator_intermediate_size=0,
+      generator_num_layers=0,
       # none | embeddings (official default) | all (generator = discriminator) | gdes
       sharing='embeddings',
       dtype='float32',  # compute dtype; params stay float32
@@ -124,12 +131,17 @@ def get_config(arg=None):
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=size['batch_size'],  # global, over all hosts
+      # Split each global batch into this many microbatches inside the step and sum
+      # their gradients before one update: the same step in less accelerator memory
+      # (batch_size must be a multiple of grad_accum_steps x the mesh's batch shards).
+      grad_accum_steps=1,
       seq_len=seq_len,
       num_steps=size['num_steps'],
       log_every=100,
       eval_every=5000,
       eval_batches=20,
-      eval_batch_size=size['batch_size'],
+      # The official eval_batch_size is 128 at every size (Base and Large too).
+      eval_batch_size=min(128, size['batch_size']),
       checkpoint_every=1000,
       keep_checkpoints=3,
       nan_policy='stop',  # stop | skip (skip the update, keep going)

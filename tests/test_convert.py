@@ -49,8 +49,13 @@ def hf_configs(spec):
                           else (max(1, gh // 64), 4 * gh))
   gen = transformers.ElectraConfig(**{**disc.to_dict(), 'hidden_size': gh,
                                       'num_attention_heads': gen_heads,
-                                      'intermediate_size': gen_inter})
+                                      'intermediate_size': gen_inter,
+                                      'num_hidden_layers': gen_layers(spec)})
   return disc, gen
+
+
+def gen_layers(spec) -> int:
+  return int(round(spec['layers'] * spec.get('gen_layers', 1.0)))
 
 
 def randomize(model, seed):
@@ -278,9 +283,10 @@ def test_mismatches_name_parameter_and_shapes(tmp_path):
       base=common.model_dict(vocab_size=61, embedding_size=16, hidden_size=32, num_layers=1,
                              num_heads=2, intermediate_size=64))
   assert fit(gen_hidden=16, gen_heads=1, gen_intermediate=64, gen_layers=1) == {
-      'generator_fraction': 0.5}
-  with pytest.raises(ValueError, match=r"generator sizes .*'layers': 2.*none for depth"):
-    fit(gen_hidden=16, gen_heads=1, gen_intermediate=64, gen_layers=2)
+      'generator_fraction': 0.5, 'generator_layers': 1.0}
+  # Another depth is model.generator_layers (official: a fraction of the discriminator's).
+  assert fit(gen_hidden=16, gen_heads=1, gen_intermediate=64, gen_layers=2) == {
+      'generator_fraction': 0.5, 'generator_layers': 2.0}
   off_rule = dict(gen_hidden=16, gen_heads=2, gen_intermediate=48, gen_layers=1)
   if common._has_explicit_generator():  # pylint: disable=protected-access
     assert fit(**off_rule)['generator_num_heads'] == 2
@@ -298,7 +304,8 @@ def random_pretrainer(spec, sharing, seed=0):
       vocab_size=spec['vocab'], embedding_size=spec['emb'], hidden_size=spec['hidden'],
       num_layers=spec['layers'], num_heads=spec['heads'], intermediate_size=spec['inter'],
       max_position_embeddings=MAX_POS, type_vocab_size=spec['types'],
-      generator_fraction=spec['frac'], sharing=sharing)
+      generator_fraction=spec['frac'], generator_layers=spec.get('gen_layers', 1.0),
+      sharing=sharing)
   shapes = common.expected_shapes(electra.ModelConfig.from_config(model), 'pretrainer')
   rs = np.random.RandomState(seed)
   flat = {p: (rs.normal(0, 0.1, shape) + (p[-1] == 'scale')).astype(np.float32)
@@ -446,6 +453,40 @@ def test_tf1_checkpoint_matches_hf_import(name, tie, tmp_path):
   with pytest.raises(ValueError, match=rf'electra/embeddings/word_embeddings has shape \({v}, '
                                        rf'{spec["emb"]}\).*\({v}, 8\).*embedding_size=8'):
     weights.import_tf1(tmp_path / 'tf1d', num_heads=spec['heads'], embedding_size=8)
+
+
+# A generator half as deep as its discriminator (the official generator_layers=0.5).
+SHALLOW_GEN = dict(CONFIGS['deep_4heads'], layers=2, gen_layers=0.5)
+
+
+def test_generator_layers_through_hf_and_tf1(tmp_path):
+  """A shallower generator: HF export (num_hidden_layers) loads in transformers with equal
+  logits and imports back exactly; a TF1 checkpoint of it imports as the HF pair does."""
+  conv = random_pretrainer(SHALLOW_GEN, 'embeddings', seed=3)
+  assert conv.model_config.generator.num_layers == 1
+  written = convert.export_hf(conv, tmp_path / 'hf')
+  gen = load_hf('ElectraForMaskedLM', written['generator'])
+  assert gen.config.num_hidden_layers == 1
+  ids, mask, seg = inputs(SHALLOW_GEN, seed=1)
+  assert_close(torch_logits(gen, ids, mask, seg), both_logits(conv, ids, mask, seg)[0], mask)
+  back = weights.import_hf(tmp_path / 'hf')
+  assert back.model == conv.model and back.model['generator_layers'] == 0.5
+  assert common.same_arrays(back.params, conv.params)
+
+  disc, gen = make_hf_pair(SHALLOW_GEN, tmp_path, seed=4)
+  named = {}
+  for tower, model in (('electra', disc), ('generator', gen)):
+    for k, v in model.state_dict().items():
+      if k == 'generator_lm_head.weight' or (tower == 'generator' and '.embeddings.' in k):
+        continue
+      tf_name, transposed = hf_to_tf1(k, tower, untied=False)
+      named[tf_name] = v.numpy().T.copy() if transposed else v.numpy()
+  (tmp_path / 'tf1').mkdir()
+  write_tf1(tmp_path / 'tf1', named)
+  got = weights.import_tf1(tmp_path / 'tf1', num_heads=SHALLOW_GEN['heads'])
+  want = weights.import_hf(tmp_path / 'disc', tmp_path / 'gen')
+  assert got.model == want.model and got.model['generator_layers'] == 0.5
+  assert common.same_arrays(got.params, want.params)
 
 
 # ----------------------------------------------------------------------------- training

@@ -44,7 +44,8 @@ def independent_train_flops(config) -> float:
   slots = B * L if m.generator_head == 'full' else B * M
   fwd = _tower_forward(B * L, L, H, m.intermediate_size, m.num_layers, E)   # discriminator
   fwd += B * L * (2 * H * H + 2 * H)                                         # its head
-  fwd += _tower_forward(B * L, L, Hg, Ig, m.num_layers, E)                  # generator
+  Lg = int(round(m.num_layers * m.generator_layers))                        # generator depth
+  fwd += _tower_forward(B * L, L, Hg, Ig, Lg, E)                            # generator
   fwd += slots * (2 * Hg * E + 2 * E * V)                                   # its LM head
   return 3.0 * fwd
 
@@ -52,10 +53,13 @@ def independent_train_flops(config) -> float:
 @pytest.mark.parametrize('size', ['tiny', 'small', 'base', 'large'])
 @pytest.mark.parametrize('generator_head', ['masked', 'full'])
 @pytest.mark.parametrize('batch,seq_len', [(32, 128), (8, 512)])
-def test_train_flops_match_the_independent_formula(size, generator_head, batch, seq_len):
+@pytest.mark.parametrize('generator_layers', [1.0, 0.5])
+def test_train_flops_match_the_independent_formula(size, generator_head, batch, seq_len,
+                                                   generator_layers):
   c = pretrain.get_config(f'size={size}')
   c.train.batch_size, c.train.seq_len = batch, seq_len
   c.model.generator_head = generator_head
+  c.model.generator_layers = generator_layers
   assert flops.train_flops_per_step(c) == pytest.approx(independent_train_flops(c), rel=1e-9)
 
 

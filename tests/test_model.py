@@ -40,7 +40,7 @@ def _setup(sharing, fraction=0.5):
 def _grads(sharing, gen_weight, disc_weight):
   c, model, cfg, params, batch = _setup(sharing)
   cfg = cfg.__class__(**{**cfg.__dict__, 'gen_weight': gen_weight, 'disc_weight': disc_weight})
-  g = jax.jit(jax.grad(lambda p: objectives.electra_loss(p, batch, jax.random.key(1),
+  g = jax.jit(jax.grad(lambda p: objectives.ELECTRA.loss(p, batch, jax.random.key(1),
                                                          model=model, cfg=cfg)[0]))(params)
   return params, g
 
@@ -147,10 +147,31 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
 
 
+def test_generator_layers_sets_the_generator_depth():
+  """generator_layers (the official fraction) and generator_num_layers (an explicit count)."""
+  c = tiny_config(**{'model.num_layers': 4, 'model.generator_layers': 0.5})
+  cfg = electra.ModelConfig.from_config(c.model)
+  assert (cfg.generator.num_layers, cfg.discriminator.num_layers) == (2, 4)
+  ids = jnp.zeros((1, 8), jnp.int32)
+  shapes = jax.eval_shape(lambda: electra.Pretrainer(cfg).init(
+      jax.random.key(0), ids, ids + 1, ids, None, True))['params']
+  assert sorted(shapes['generator']['encoder']) == ['layer_0', 'layer_1']
+  assert len(shapes['discriminator']['encoder']) == 4
+  c.model.generator_num_layers = 3  # explicit count wins (imported checkpoints)
+  assert electra.ModelConfig.from_config(c.model).generator.num_layers == 3
+  c.model.generator_num_layers, c.model.generator_layers = 0, 0.1  # round(0.4) = 0 layers
+  with pytest.raises(ValueError, match='generator_layers=0.1 gives the generator'):
+    electra.ModelConfig.from_config(c.model)
+
+
 def test_bad_model_config_errors():
   c = tiny_config()
   c.model.sharing = 'all'
   with pytest.raises(ValueError, match='generator_fraction=1.0'):
+    electra.ModelConfig.from_config(c.model)
+  c.model.generator_fraction = 1.0
+  c.model.generator_layers = 0.5  # sharing=all needs equal depth too
+  with pytest.raises(ValueError, match=r'generator_layers=0.5: generator \(hidden 64, layers 1'):
     electra.ModelConfig.from_config(c.model)
   c = tiny_config()
   c.model.attention_impl = 'cudnn'
@@ -184,7 +205,7 @@ def test_flops_match_xla_cost_analysis():
                                                       jnp.int32), True)['params']
   params = jax.tree.map(lambda x: getattr(x, 'value', x), params,
                         is_leaf=lambda x: hasattr(x, 'value'))
-  grad = jax.jit(jax.grad(lambda p: objectives.electra_loss(p, batch, jax.random.key(0),
+  grad = jax.jit(jax.grad(lambda p: objectives.ELECTRA.loss(p, batch, jax.random.key(0),
                                                             model=model, cfg=cfg)[0]))
   cost = grad.lower(params).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost

@@ -6,6 +6,7 @@ tiny Pretrainer.
 """
 
 import dataclasses
+import functools
 import types
 
 import flax
@@ -184,8 +185,10 @@ def test_variants_that_need_a_head_say_so():
 def test_fixed_generator_loss_by_hand():
   p = _np(_params())
   always_7 = lambda rng, b, masked, cfg: jnp.full(masked.positions.shape, 7, jnp.int32)
-  loss, (m, _) = ov._fixed_generator_loss(always_7, _params(), BATCH, jax.random.key(0),
-                                          model=FakeModel(), cfg=_cfg(), deterministic=True)
+  obj = objectives.Objective(ov.fixed_generator_loss,
+                             functools.partial(objectives.prepare_inputs, sampler=always_7))
+  loss, (m, _) = obj.loss(_params(), BATCH, jax.random.key(0), model=FakeModel(), cfg=_cfg(),
+                          deterministic=True)
   fake = [CLS, 7, 7, SEP]
   want = 50.0 * np.mean([_bce(p['d'][t], t != o) for t, o in zip(fake, ORIG)])
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)

@@ -101,17 +101,18 @@ def test_sampling_labels_and_disallow_correct():
   B, M, V = 16, 8, 6
   logits = jax.random.normal(jax.random.key(0), (B, M, V)) * 3
   targets = jax.random.randint(jax.random.key(1), (B, M), 0, V)
-  s = objectives.sample_tokens(jax.random.key(2), logits, targets, 1.0, False)
+  keys = objectives.example_keys(jax.random.key(2), B)
+  s = objectives.sample_tokens(keys, logits, targets, 1.0, False)
   assert (np.asarray(s) == np.asarray(targets)).any()  # sometimes right
-  s2 = objectives.sample_tokens(jax.random.key(2), logits, targets, 1.0, True)
+  s2 = objectives.sample_tokens(keys, logits, targets, 1.0, True)
   assert not (np.asarray(s2) == np.asarray(targets)).any()
 
 
 def test_gumbel_sampling_matches_softmax():
   logits = jnp.log(jnp.array([0.1, 0.2, 0.7]))
   logits = jnp.broadcast_to(logits, (4000, 1, 3))
-  s = objectives.sample_tokens(jax.random.key(0), logits, jnp.zeros((4000, 1), jnp.int32),
-                               1.0, False)
+  s = objectives.sample_tokens(objectives.example_keys(jax.random.key(0), 4000), logits,
+                               jnp.zeros((4000, 1), jnp.int32), 1.0, False)
   freq = np.bincount(np.asarray(s).ravel(), minlength=3) / 4000
   np.testing.assert_allclose(freq, [0.1, 0.2, 0.7], atol=0.03)
 
@@ -120,18 +121,21 @@ def test_disc_loss_matches_formula():
   logits = jnp.array([[2.0, -1.0, 0.5, 9.0]])
   labels = jnp.array([[1, 0, 0, 1]])
   weights = jnp.array([[1, 1, 1, 0]])
-  loss, metrics = objectives.disc_loss_and_metrics(logits, labels, weights)
+  loss, metrics = objectives.disc_loss_and_metrics(logits, labels, objectives.normalized(weights))
+  metrics = objectives.finalize(metrics)
   p = 1 / (1 + np.exp(-np.array([2.0, -1.0, 0.5])))
   expected = -np.mean([np.log(p[0]), np.log(1 - p[1]), np.log(1 - p[2])])
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_allclose(metrics['disc_accuracy'], 2 / 3, rtol=1e-4)
+  np.testing.assert_allclose(metrics['disc_precision'], 1 / 2)  # predicted replaced: 2.0, 0.5
+  np.testing.assert_allclose(metrics['disc_recall'], 1.0)  # the weight-0 token does not count
 
 
 def test_mlm_loss_matches_formula():
   logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]]]))
   targets = jnp.array([[0, 2, 1]])
   weights = jnp.array([[1.0, 1.0, 0.0]])
-  loss, acc = objectives.mlm_loss_and_accuracy(logits, targets, weights)
+  loss, acc = objectives.mlm_loss_and_accuracy(logits, targets, objectives.normalized(weights))
   np.testing.assert_allclose(loss, -(np.log(0.5) + np.log(0.1)) / 2, rtol=1e-5)
   np.testing.assert_allclose(acc, 0.5, rtol=1e-4)
 
@@ -143,17 +147,18 @@ def test_mlm_loss_gradient_and_accuracy_match_autodiff_and_argmax():
   targets = jax.random.randint(k2, (4, 7), 0, 300)
   targets = targets.at[:, :3].set(jnp.argmax(logits[:, :3], -1))  # some hits
   weights = (jax.random.uniform(k3, (4, 7)) > 0.3).astype(jnp.float32)
+  norm = objectives.normalized(weights)
 
   def reference(x):
     nll = -jnp.take_along_axis(jax.nn.log_softmax(x, -1), targets[..., None], -1)[..., 0]
     acc = (jnp.argmax(x, -1) == targets).astype(jnp.float32)
-    return objectives.weighted_mean(nll, weights), objectives.weighted_mean(acc, weights)
+    return objectives.share(nll, norm), objectives.share(acc, norm)
 
-  (loss, acc), (want_loss, want_acc) = (objectives.mlm_loss_and_accuracy(logits, targets, weights),
+  (loss, acc), (want_loss, want_acc) = (objectives.mlm_loss_and_accuracy(logits, targets, norm),
                                         reference(logits))
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   assert 0 < float(acc) == float(want_acc) < 1
-  grad = jax.grad(lambda x: objectives.mlm_loss_and_accuracy(x, targets, weights)[0])(logits)
+  grad = jax.grad(lambda x: objectives.mlm_loss_and_accuracy(x, targets, norm)[0])(logits)
   want = jax.grad(lambda x: reference(x)[0])(logits)
   np.testing.assert_allclose(grad, want, atol=1e-7)
   assert float(jnp.abs(want).max()) > 1e-2
@@ -171,7 +176,7 @@ def test_labels_only_where_sample_differs():
                       jnp.zeros((8, cfg.max_predictions_per_seq), jnp.int32), True)['params']
   params = jax.tree.map(lambda x: getattr(x, 'value', x), params,
                         is_leaf=lambda x: hasattr(x, 'value'))
-  _, (metrics, aux) = objectives.electra_loss(params, batch, jax.random.key(5), model=model,
+  _, (metrics, aux) = objectives.ELECTRA.loss(params, batch, jax.random.key(5), model=model,
                                               cfg=cfg)
   labels = np.asarray(aux['disc_labels'])
   assert labels[np.asarray(mask) == 0].sum() == 0

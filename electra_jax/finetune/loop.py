@@ -332,7 +332,8 @@ def load_tokenizer(config, checkpoint: weights.Pretrained | None):
 # config.model keys that fix the parameter shapes. Starting from a checkpoint, its values are
 # used; a different value asked for (a --config.model.* override, or size=) is refused.
 # (io.weights.STRUCTURE without the generator's: fine-tuning loads the discriminator alone.)
-STRUCTURAL_KEYS = tuple(k for k in weights.STRUCTURE if k not in ('generator_fraction', 'sharing'))
+STRUCTURAL_KEYS = tuple(k for k in weights.STRUCTURE
+                        if k not in ('generator_fraction', 'generator_layers', 'sharing'))
 # How the model runs, not what it holds: the fine-tuning config's values are always applied.
 RUNTIME_KEYS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'matmul_dtype',
                 'attention_impl', 'remat')

@@ -11,8 +11,8 @@ parameter tree, and which of four tree *kinds* it is:
                  that fine-tuning starts from (HF ElectraModel).
   generator      {embeddings, generator, generator_predictions}: the MLM alone
                  (HF ElectraForMaskedLM). Its config describes the generator
-                 as a tower of its own: hidden_size = the generator's hidden
-                 size and generator_fraction = 1.0.
+                 as a tower of its own: hidden_size and num_layers = the
+                 generator's, generator_fraction = generator_layers = 1.0.
 
 Every foreign format is a flat {name: array}. Converting is a rename table: a
 function from each electra_jax parameter path (('discriminator', 'encoder',
@@ -215,7 +215,7 @@ def tokens_from_vocab(vocab: list | None) -> dict | None:
 
 # Optional explicit generator sizes (0 = derived); used when ModelConfig has them.
 EXPLICIT_GENERATOR = ('generator_hidden_size', 'generator_num_heads',
-                      'generator_intermediate_size')
+                      'generator_intermediate_size', 'generator_num_layers')
 
 
 def _has_explicit_generator() -> bool:
@@ -229,32 +229,33 @@ def fit_generator(*, hidden: int, num_heads: int, intermediate: int, num_layers:
   """config.model fields that make ModelConfig build exactly these generator sizes.
 
   ModelConfig derives the generator as hidden = round(H * f), heads =
-  max(1, hidden // 64), FFN = 4 * hidden, same depth (f = 1: the
-  discriminator's sizes); that gives {'generator_fraction': f}. Sizes off that
-  rule use explicit generator size fields where ModelConfig has them, and
-  otherwise raise, naming both sets of sizes.
+  max(1, hidden // 64), FFN = 4 * hidden, depth = round(L * generator_layers)
+  (f = 1: the discriminator's sizes); that gives {'generator_fraction': f,
+  'generator_layers': gen_layers / L}. Sizes off that rule use explicit
+  generator size fields where ModelConfig has them, and otherwise raise,
+  naming both sets of sizes.
   """
   got = dict(hidden=gen_hidden, heads=gen_heads, intermediate=gen_intermediate, layers=gen_layers)
-  frac = 1.0 if gen_hidden == hidden else gen_hidden / hidden
+  fractions = {'generator_fraction': 1.0 if gen_hidden == hidden else gen_hidden / hidden,
+               'generator_layers': 1.0 if gen_layers == num_layers else gen_layers / num_layers}
   disc = {**base, 'hidden_size': hidden, 'num_heads': num_heads, 'intermediate_size': intermediate,
           'num_layers': num_layers}
   if _has_explicit_generator():
     disc.update({n: 0 for n in EXPLICIT_GENERATOR})
-  trial = electra.ModelConfig.from_config({**disc, 'generator_fraction': frac}).generator
+  trial = electra.ModelConfig.from_config({**disc, **fractions, 'sharing': 'none'}).generator
   derived = dict(hidden=trial.hidden_size, heads=trial.num_heads,
                  intermediate=trial.intermediate_size, layers=trial.num_layers)
   if derived == got:
-    return {'generator_fraction': frac}
-  if gen_layers == num_layers and _has_explicit_generator():
-    return {'generator_fraction': frac, 'generator_hidden_size': gen_hidden,
-            'generator_num_heads': gen_heads, 'generator_intermediate_size': gen_intermediate}
+    return fractions
+  if _has_explicit_generator():
+    return {**fractions, 'generator_hidden_size': gen_hidden, 'generator_num_heads': gen_heads,
+            'generator_intermediate_size': gen_intermediate, 'generator_num_layers': gen_layers}
   raise ValueError(
       f'generator sizes {got} do not follow electra_jax ModelConfig\'s derived generator '
       f'for discriminator hidden={hidden}, heads={num_heads}, intermediate={intermediate}, '
-      f'layers={num_layers} and generator_fraction={frac:.6g}: that gives {derived} '
-      '(hidden=round(H*f), heads=max(1, hidden//64), intermediate=4*hidden, same depth), and '
-      'ModelConfig has no explicit generator size fields' +
-      (' (and none for depth)' if gen_layers != num_layers else ''))
+      f'layers={num_layers} and {fractions}: that gives {derived} '
+      '(hidden=round(H*f), heads=max(1, hidden//64), intermediate=4*hidden, '
+      'layers=round(L*generator_layers)), and ModelConfig has no explicit generator size fields')
 
 
 def same_arrays(a: Mapping, b: Mapping) -> bool:
@@ -279,7 +280,7 @@ def combine_pair(disc: Converted, gen: Converted) -> Converted:
                      'generator (HF ElectraForMaskedLM)')
   d, g = disc.model, gen.model
   for key in ('vocab_size', 'embedding_size', 'max_position_embeddings', 'type_vocab_size',
-              'num_layers', 'layer_norm_eps'):
+              'layer_norm_eps'):
     if d[key] != g[key]:
       raise ValueError(f'generator {key}={g[key]} but discriminator {key}={d[key]}; the pair '
                        'must agree')
@@ -290,7 +291,7 @@ def combine_pair(disc: Converted, gen: Converted) -> Converted:
                        base=d)
   dp, gp = disc.params, gen.params
   shared_emb = same_arrays(dp['embeddings'], gp['embeddings'])
-  same_size = g['hidden_size'] == d['hidden_size'] and len(gen_fields) == 1
+  same_size = gen_fields == {'generator_fraction': 1.0, 'generator_layers': 1.0}
   if shared_emb and same_size and same_arrays(dp['discriminator'], gp['generator']):
     sharing = 'all'
   else:
@@ -318,8 +319,8 @@ def generator_model(model: Mapping) -> dict:
   """A Pretrainer's config.model -> the config of its generator as a tower of its own."""
   gen = electra.ModelConfig.from_config(model).generator
   fields = {**model, 'hidden_size': gen.hidden_size, 'num_heads': gen.num_heads,
-            'intermediate_size': gen.intermediate_size, 'generator_fraction': 1.0,
-            'sharing': 'embeddings'}
+            'intermediate_size': gen.intermediate_size, 'num_layers': gen.num_layers,
+            'generator_fraction': 1.0, 'generator_layers': 1.0, 'sharing': 'embeddings'}
   if _has_explicit_generator():
     fields.update({n: 0 for n in EXPLICIT_GENERATOR})
   return model_dict(**fields)
@@ -336,7 +337,7 @@ def single_tower(conv: Converted, kind: str) -> Converted:
       model, params = generator_model(m), electra.generator_params(p, cfg.sharing)
     else:
       # Single-tower kinds describe just their tower: no generator fraction, no sharing.
-      model = {**m, 'generator_fraction': 1.0, 'sharing': 'embeddings'}
+      model = {**m, 'generator_fraction': 1.0, 'generator_layers': 1.0, 'sharing': 'embeddings'}
       if _has_explicit_generator():
         model.update({n: 0 for n in EXPLICIT_GENERATOR})
       model = model_dict(**model)

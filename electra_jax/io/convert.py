@@ -137,7 +137,8 @@ def _summary(conv: common.Converted) -> dict:
   m = conv.model
   return {'kind': conv.kind, 'sharing': m['sharing'] if conv.kind == 'pretrainer' else None,
           **{k: m[k] for k in ('vocab_size', 'embedding_size', 'hidden_size', 'num_layers',
-                               'num_heads', 'intermediate_size', 'generator_fraction')},
+                               'num_heads', 'intermediate_size', 'generator_fraction',
+                               'generator_layers')},
           'vocab': conv.vocab is not None}
 
 

@@ -55,7 +55,7 @@ _HF_WEIGHTS = ('model.safetensors', 'pytorch_model.bin')
 # Structural config fields that imported weights fix; a run's config must agree.
 STRUCTURE = ('vocab_size', 'embedding_size', 'hidden_size', 'num_layers', 'num_heads',
              'intermediate_size', 'max_position_embeddings', 'type_vocab_size',
-             'generator_fraction', 'sharing')
+             'generator_fraction', 'generator_layers', 'sharing')
 
 
 @dataclasses.dataclass

@@ -44,10 +44,14 @@ class ModelConfig:
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
   generator_fraction: float = 0.25
+  # The generator's depth as a fraction of num_layers: round(num_layers * generator_layers)
+  # layers (the official `generator_layers`).
+  generator_layers: float = 1.0
   # Explicit generator sizes (imported checkpoints off the derivation rule); 0 = derived.
   generator_hidden_size: int = 0
   generator_num_heads: int = 0
   generator_intermediate_size: int = 0
+  generator_num_layers: int = 0
   sharing: str = 'embeddings'
   dtype: str = 'float32'
   # Matmul operand dtype; '' = dtype. 'bfloat16' with dtype float32 is mixed precision:
@@ -76,9 +80,16 @@ class ModelConfig:
   def validate(self):
     if self.sharing not in SHARING_MODES:
       raise ValueError(f'model.sharing={self.sharing!r}; expected one of {SHARING_MODES}')
-    if self.sharing == 'all' and self.generator_fraction != 1.0:
-      raise ValueError('model.sharing=all makes the generator the discriminator, so it needs '
-                       f'model.generator_fraction=1.0 (got {self.generator_fraction})')
+    if self.generator_layers <= 0 or self.generator_num_layers < 0:
+      raise ValueError(f'model.generator_layers={self.generator_layers}, generator_num_layers='
+                       f'{self.generator_num_layers}; expected a fraction > 0 and a count >= 0')
+    if self.sharing == 'all' and self.generator != self.discriminator:
+      raise ValueError(
+          'model.sharing=all makes the generator the discriminator, so it needs their sizes '
+          'equal: model.generator_fraction=1.0 and generator_layers=1.0 with no explicit '
+          f'generator sizes (got generator_fraction={self.generator_fraction}, generator_layers='
+          f'{self.generator_layers}: generator {_sizes(self.generator)} vs discriminator '
+          f'{_sizes(self.discriminator)})')
     if self.dtype not in ('float32', 'bfloat16', 'float16'):
       raise ValueError(f'model.dtype={self.dtype!r}; expected float32, bfloat16 or float16')
     if self.matmul_dtype not in ('', 'float32', 'bfloat16', 'float16'):
@@ -94,13 +105,18 @@ class ModelConfig:
     if self.attention_impl != 'einsum' and self.attention_dropout_rate:
       raise ValueError(f'model.attention_impl={self.attention_impl!r} has no attention dropout; '
                        f'set model.attention_dropout_rate=0 (got {self.attention_dropout_rate})')
+    if self.generator.num_layers < 1:
+      raise ValueError(f'model.generator_layers={self.generator_layers} gives the generator '
+                       f'round({self.num_layers} * {self.generator_layers}) = 0 layers; '
+                       'expected at least 1')
     for tower in (self.discriminator, self.generator):
       if tower.hidden_size % tower.num_heads:
         raise ValueError(f'hidden size {tower.hidden_size} is not a multiple of {tower.num_heads} heads')
 
-  def _tower(self, hidden, heads, intermediate) -> encoder.TowerConfig:
+  def _tower(self, hidden, heads, intermediate, layers=None) -> encoder.TowerConfig:
     return encoder.TowerConfig(
-        hidden_size=hidden, num_layers=self.num_layers, num_heads=heads,
+        hidden_size=hidden, num_layers=self.num_layers if layers is None else layers,
+        num_heads=heads,
         intermediate_size=intermediate, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, layer_norm_eps=self.layer_norm_eps,
         initializer_range=self.initializer_range, attention_impl=self.attention_impl,
@@ -112,21 +128,28 @@ class ModelConfig:
 
   @property
   def generator(self) -> encoder.TowerConfig:
-    """Official get_generator_config: hidden scaled, FFN 4x, heads max(1, hidden // 64)."""
+    """Official get_generator_config: hidden scaled, FFN 4x, heads max(1, hidden // 64),
+    depth round(num_layers * generator_layers); explicit sizes, where set, win."""
+    layers = self.generator_num_layers or int(round(self.num_layers * self.generator_layers))
     if self.generator_hidden_size:
       hidden = self.generator_hidden_size
       return self._tower(hidden, self.generator_num_heads or max(1, hidden // 64),
-                         self.generator_intermediate_size or 4 * hidden)
+                         self.generator_intermediate_size or 4 * hidden, layers)
     if self.generator_fraction == 1.0:
-      return self.discriminator
+      return dataclasses.replace(self.discriminator, num_layers=layers)
     hidden = int(round(self.hidden_size * self.generator_fraction))
-    return self._tower(hidden, max(1, hidden // 64), 4 * hidden)
+    return self._tower(hidden, max(1, hidden // 64), 4 * hidden, layers)
 
   def embeddings(self, name: str, zero_init: bool = False) -> encoder.Embeddings:
     return encoder.Embeddings(
         self.vocab_size, self.embedding_size, self.max_position_embeddings,
         self.type_vocab_size, self.initializer_range, self.layer_norm_eps,
         self.dropout_rate, self.dtype, zero_init, name=name)
+
+
+def _sizes(tower: encoder.TowerConfig) -> str:
+  return (f'(hidden {tower.hidden_size}, layers {tower.num_layers}, heads {tower.num_heads}, '
+          f'FFN {tower.intermediate_size})')
 
 
 class GeneratorHead(nn.Module):

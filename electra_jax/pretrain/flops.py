@@ -12,8 +12,9 @@ pass, times 3 for forward + backward, over the whole batch:
                                (+ 2 E H once for the embedding projection if E != H)
   MLM head, per predicted slot 2 * (H E + E V)
   replaced-token head, per token 2 * (H^2 + H)
-Which parts run depends on the objective (see `PARTS`): ELECTRA runs a
-generator with its head at the M = max_predictions_per_seq masked slots (every
+Each tower at its own sizes (the generator's width from model.generator_fraction,
+its depth from model.generator_layers). Which parts run depends on the objective
+(see `PARTS`): ELECTRA runs a generator with its head at the M = max_predictions_per_seq masked slots (every
 token with model.generator_head=full) plus the discriminator with the binary
 head on every token; BERT runs one (discriminator-sized) tower with an MLM
 head; All-Tokens MLM adds an MLM head on every token; the fixed (uniform /

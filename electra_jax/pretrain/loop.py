@@ -5,8 +5,9 @@
     state, metrics = step(state, batch, rng)
 
 `rng` is the run's base key; each step folds in `state.step` and splits it
-into named keys (mask, sample, dropout), so a resumed run draws exactly what
-an uninterrupted one would.
+into named keys (inputs: mask and per-example samples; dropout), so a resumed
+run draws exactly what an uninterrupted one would. train.grad_accum_steps=K
+sums the gradients of K microbatches before the update (pretrain/microbatch.py).
 
 The pre-training loop, `train_and_evaluate(config, workdir)`, is at the end:
 data -> resume (or init) -> steps with async checkpoints, logs and periodic
@@ -39,6 +40,7 @@ from electra_jax.io import weights
 from electra_jax.models import electra
 from electra_jax.models import layers
 from electra_jax.pretrain import evaluation
+from electra_jax.pretrain import microbatch
 from electra_jax.pretrain import objectives
 from electra_jax.pretrain import registry
 # The run's model, optimizer and sharded state (electra_jax.pretrain.build), part of this API.
@@ -60,16 +62,28 @@ def _tree_norm(tree):
 
 
 def train_step(state: TrainState, batch: dict, rng, *, model, tx, obj_cfg,
-               objective: objectives.Objective, schedule, skip_nonfinite: bool):
-  """One optimizer step. Returns (new_state, metrics dict of float32 scalars)."""
+               objective: objectives.Objective, schedule, skip_nonfinite: bool,
+               accum_steps: int = 1, mesh=None, grad_shardings=None):
+  """One optimizer step. Returns (new_state, metrics dict of float32 scalars).
+
+  The objective's inputs (masking, sampling keys) are drawn for the whole
+  global batch, then the loss and gradient are summed over `accum_steps`
+  microbatches (pretrain/microbatch.py) before the one update.
+  """
   key = step_keys(rng, state.step)
+  k_inputs, k_dropout = objectives.step_keys(key)
+  inputs = objective.prepare(batch, k_inputs, obj_cfg)
   params = state.params
   if objective.prepare_params is not None:
     params = objective.prepare_params(params, state.step, obj_cfg)
-  grad_fn = jax.value_and_grad(
-      lambda p: objective.loss(p, batch, key, model=model, cfg=obj_cfg, step=state.step),
-      has_aux=True)
-  (loss, (metrics, _)), grads = grad_fn(params)
+
+  def loss_fn(p, inputs_mb, index):
+    return objective.prepared_loss(p, inputs_mb, jax.random.fold_in(k_dropout, index),
+                                   model=model, cfg=obj_cfg, step=state.step)
+
+  loss, grads, metrics = microbatch.value_and_grad(loss_fn, params, inputs, accum_steps,
+                                                   mesh=mesh, grad_shardings=grad_shardings)
+  metrics = objectives.finalize(metrics)
   updates, new_opt_state = tx.update(grads, state.opt_state, params)
   if objective.update_mask is not None:
     mask = objective.update_mask(params, state.step, obj_cfg)
@@ -100,9 +114,12 @@ def eval_step(params, batch: dict, rng, step, *, model, obj_cfg,
 def make_train_step(config, model, tx, schedule, mesh, shardings):
   """jit(train_step) with explicit shardings; the state is donated."""
   obj_cfg = objectives.ObjectiveConfig.from_config(config)
+  accum_steps = config.train.grad_accum_steps
+  microbatch.check(config.train.batch_size, accum_steps, mesh.shape['data'] * mesh.shape['fsdp'])
   fn = functools.partial(train_step, model=model, tx=tx, obj_cfg=obj_cfg,
                          objective=registry.get_objective(obj_cfg.name), schedule=schedule,
-                         skip_nonfinite=config.train.nan_policy == 'skip')
+                         skip_nonfinite=config.train.nan_policy == 'skip',
+                         accum_steps=accum_steps, mesh=mesh, grad_shardings=shardings.params)
   return state_lib.jit(fn, mesh, (shardings, 'batch', 'replicated'), (shardings, 'replicated'),
                        donate_argnums=0)
 
@@ -170,6 +187,7 @@ def check_train_config(config, mesh) -> None:
     if t[name] % shards or t[name] % jax.process_count():
       raise ValueError(f'train.{name}={t[name]} must divide over the {shards} batch shards of the '
                        f'mesh and the {jax.process_count()} hosts; expected a multiple of {shards}')
+  microbatch.check(t.batch_size, t.grad_accum_steps, shards)
 
 
 def load_data(config, cache_dir=None, tokenizer=None):

@@ -36,6 +36,8 @@ with disc_weight=1, as the ablation configs do).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -55,15 +57,16 @@ def _require(model, flag: str, objective: str):
                      f'(configs/pretrain.py:objective={objective} sets it)')
 
 
-def _generator_mlm(params, b, masked, rng, *, model, cfg, deterministic):
-  """Generator logits at the masked slots [B, M, V], its MLM loss and accuracy."""
+def _generator_mlm(params, inputs, rng, *, model, cfg, deterministic):
+  """Generator logits at the masked slots [B, M, V], its MLM loss and accuracy (shares)."""
+  b, masked = inputs.batch, inputs.masked
   positions = None if model.cfg.generator_head == 'full' else masked.positions
   logits = model.apply({'params': params}, masked.input_ids, b.input_mask, b.segment_ids,
                        positions, deterministic, method=model.generator_logits,
                        rngs={'dropout': rng})
   if positions is None:
     logits = jnp.take_along_axis(logits, masked.positions[..., None], axis=1)
-  loss, acc = objectives.mlm_loss_and_accuracy(logits, masked.targets, masked.weights)
+  loss, acc = objectives.mlm_loss_and_accuracy(logits, masked.targets, inputs.slot_weights)
   return logits, loss, acc
 
 
@@ -73,20 +76,19 @@ def _replace(masked, sampled_BxM):
                                       masked.weights)
 
 
-def _corrupt(params, batch, rng, *, model, cfg, deterministic):
-  """ELECTRA's first half: mask, generator MLM, and the input with its samples.
+def _corrupt(params, inputs, rng, *, model, cfg, deterministic):
+  """ELECTRA's first half: generator MLM on the masked input, and the input with its samples.
 
-  Returns (batch, masked, gen_loss, gen_accuracy, corrupted ids [B, L], the key
-  left for the second model). Splits `rng` as electra_loss does.
+  Returns (batch, masked, gen_loss, gen_accuracy, corrupted ids [B, L], the
+  dropout key left for the second model). Splits `rng` as electra_loss does.
   """
-  b = objectives.as_batch(batch)
-  k_mask, k_sample, k_gen, k_disc = jax.random.split(rng, 4)
-  masked = objectives.mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
-  gen_logits, loss, acc = _generator_mlm(params, b, masked, k_gen, model=model, cfg=cfg,
+  k_gen, k_disc = jax.random.split(rng)
+  gen_logits, loss, acc = _generator_mlm(params, inputs, k_gen, model=model, cfg=cfg,
                                          deterministic=deterministic)
-  sampled = objectives.sample_tokens(k_sample, gen_logits, masked.targets, cfg.temperature,
-                                     cfg.disallow_correct)
-  return b, masked, loss, acc, _replace(masked, sampled), k_disc
+  masked = inputs.masked
+  sampled = objectives.sample_tokens(inputs.sample_keys, gen_logits, masked.targets,
+                                     cfg.temperature, cfg.disallow_correct)
+  return inputs.batch, masked, loss, acc, _replace(masked, sampled), k_disc
 
 
 def _disc(params, ids, b, rng, *, model, deterministic):
@@ -121,7 +123,7 @@ def masked_position_mask(masked, like_BxL):
 # --------------------------------------------------------------------------- BERT
 
 
-def bert_mlm_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False):
+def bert_mlm_loss(params, inputs, rng, *, model, cfg, step=0, deterministic=False):
   """MLM only: cross-entropy at the masked positions of the (generator ==
   discriminator) tower. L = MLM (gen_weight does not apply: it is the only term)."""
   del step
@@ -129,10 +131,8 @@ def bert_mlm_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False
     raise ValueError(f'objective bert_mlm trains the generator path only, so it needs '
                      f"model.sharing='all' and generator_fraction=1.0 for the fine-tuned "
                      f'encoder to be the MLM encoder (got sharing={model.cfg.sharing!r})')
-  b = objectives.as_batch(batch)
-  k_mask, k_drop = jax.random.split(rng)
-  masked = objectives.mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
-  _, loss, acc = _generator_mlm(params, b, masked, k_drop, model=model, cfg=cfg,
+  b, masked = inputs.batch, inputs.masked
+  _, loss, acc = _generator_mlm(params, inputs, rng, model=model, cfg=cfg,
                                 deterministic=deterministic)
   # disc_loss 0: there is no discriminator (the evaluator expects the key).
   metrics = {'loss': loss, 'gen_loss': loss, 'gen_accuracy': acc,
@@ -143,15 +143,20 @@ def bert_mlm_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False
 # -------------------------------------------------------------------- ELECTRA 15%
 
 
-def electra_15_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False):
+def electra_15_loss(params, inputs, rng, *, model, cfg, step=0, deterministic=False):
   """ELECTRA with the discriminator's BCE averaged over the masked positions only."""
   del step
   b, masked, mlm_loss, mlm_acc, fake_ids, k_disc = _corrupt(
-      params, batch, rng, model=model, cfg=cfg, deterministic=deterministic)
+      params, inputs, rng, model=model, cfg=cfg, deterministic=deterministic)
   labels = (fake_ids != b.input_ids).astype(jnp.int32)
   disc_logits = _disc(params, fake_ids, b, k_disc, model=model, deterministic=deterministic)
   weights = masked_position_mask(masked, b.input_ids) * b.input_mask
-  disc_loss, disc_metrics = objectives.disc_loss_and_metrics(disc_logits, labels, weights)
+  # The slots' normalised weights at their positions: the BCE's mean over the chosen
+  # positions of the global batch (positions are distinct, so one slot per position).
+  norm_weights = objectives.scatter_positions(jnp.zeros(weights.shape, jnp.float32),
+                                              masked.positions, inputs.slot_weights,
+                                              masked.weights)
+  disc_loss, disc_metrics = objectives.disc_loss_and_metrics(disc_logits, labels, norm_weights)
   loss = cfg.gen_weight * mlm_loss + cfg.disc_weight * disc_loss
   metrics = {'loss': loss, 'gen_loss': mlm_loss, 'gen_accuracy': mlm_acc,
              'disc_loss': disc_loss, **disc_metrics}
@@ -161,25 +166,25 @@ def electra_15_loss(params, batch, rng, *, model, cfg, step=0, deterministic=Fal
 # ---------------------------------------------------------- Replace / All-Tokens MLM
 
 
-def replace_mlm_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False):
+def replace_mlm_loss(params, inputs, rng, *, model, cfg, step=0, deterministic=False):
   """MLM on generator-replaced inputs: the discriminator-sized model sees the
   corrupted sequence (no [MASK]) and predicts the original tokens at the chosen
   positions. L = gen_weight * generator MLM + disc_weight * discriminator MLM."""
   del step
   _require(model, 'discriminator_mlm_head', 'replace_mlm')
   b, masked, gen_loss, gen_acc, fake_ids, k_disc = _corrupt(
-      params, batch, rng, model=model, cfg=cfg, deterministic=deterministic)
+      params, inputs, rng, model=model, cfg=cfg, deterministic=deterministic)
   mlm_logits_BxMxV, _ = model.apply({'params': params}, fake_ids, b.input_mask, b.segment_ids,
                                     masked.positions, deterministic,
                                     method=model.discriminator_mlm_logits,
                                     rngs={'dropout': k_disc})
   disc_loss, disc_acc = objectives.mlm_loss_and_accuracy(mlm_logits_BxMxV, masked.targets,
-                                                         masked.weights)
+                                                         inputs.slot_weights)
   loss = cfg.gen_weight * gen_loss + cfg.disc_weight * disc_loss
   metrics = {'loss': loss, 'gen_loss': gen_loss, 'gen_accuracy': gen_acc,
              'disc_loss': disc_loss, 'disc_mlm_accuracy': disc_acc,
-             'replaced_fraction': objectives.weighted_mean(
-                 (fake_ids != b.input_ids).astype(jnp.float32), b.input_mask)}
+             'replaced_fraction': objectives.share(fake_ids != b.input_ids,
+                                                   inputs.token_weights)}
   return loss, (metrics, _no_rtd_aux(fake_ids, b.input_ids, b.input_mask))
 
 
@@ -198,22 +203,22 @@ def copy_mechanism_nll(mlm_logits_BxLxV, rtd_logits_BxL, input_ids_BxL, targets_
   return -jnp.where(targets_BxL == input_ids_BxL, jnp.logaddexp(log_copy, log_gen), log_gen)
 
 
-def all_tokens_mlm_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False):
+def all_tokens_mlm_loss(params, inputs, rng, *, model, cfg, step=0, deterministic=False):
   """All-Tokens MLM with the copy mechanism on generator-replaced inputs: every
   non-pad token's original is predicted. L = gen_weight * generator MLM
   + disc_weight * mean copy-mechanism NLL over non-pad tokens."""
   del step
   _require(model, 'discriminator_mlm_head', 'all_tokens_mlm')
   b, masked, gen_loss, gen_acc, fake_ids, k_disc = _corrupt(
-      params, batch, rng, model=model, cfg=cfg, deterministic=deterministic)
+      params, inputs, rng, model=model, cfg=cfg, deterministic=deterministic)
   mlm_logits_BxLxV, rtd_BxL = model.apply({'params': params}, fake_ids, b.input_mask,
                                           b.segment_ids, None, deterministic,
                                           method=model.discriminator_mlm_logits,
                                           rngs={'dropout': k_disc})
   nll_BxL = copy_mechanism_nll(mlm_logits_BxLxV, rtd_BxL, fake_ids, b.input_ids)
-  disc_loss = objectives.weighted_mean(nll_BxL, b.input_mask)
+  disc_loss = objectives.share(nll_BxL, inputs.token_weights)
   labels = (fake_ids != b.input_ids).astype(jnp.int32)
-  _, rtd_metrics = objectives.disc_loss_and_metrics(rtd_BxL, labels, b.input_mask)
+  _, rtd_metrics = objectives.disc_loss_and_metrics(rtd_BxL, labels, inputs.token_weights)
   loss = cfg.gen_weight * gen_loss + cfg.disc_weight * disc_loss
   metrics = {'loss': loss, 'gen_loss': gen_loss, 'gen_accuracy': gen_acc,
              'disc_loss': disc_loss, **rtd_metrics}
@@ -235,7 +240,8 @@ def _unigram_sample(rng, b, masked, cfg):
   distribution when batches are random samples of the corpus: no frequency
   table, no I/O, nothing to keep in sync with the tokenizer or data source. The
   draws of one step share the batch, so they lean slightly towards the topics
-  of its documents (a larger batch dilutes this).
+  of its documents (a larger batch dilutes this). The pool is the whole global
+  batch (drawn in `prepare_inputs`, before any split into microbatches).
   """
   cand_N = objectives.candidate_mask(b.input_ids, b.input_mask, cfg).reshape(-1)
   logits_N = jnp.where(cand_N, 0.0, -jnp.inf)
@@ -243,32 +249,21 @@ def _unigram_sample(rng, b, masked, cfg):
   return b.input_ids.reshape(-1)[idx_BxM].astype(jnp.int32)
 
 
-def _fixed_generator_loss(sampler, params, batch, rng, *, model, cfg, deterministic):
-  """Discriminator-only training on replacements from a fixed distribution."""
-  b = objectives.as_batch(batch)
-  k_mask, k_sample, k_disc = jax.random.split(rng, 3)
-  masked = objectives.mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
-  fake_ids = _replace(masked, sampler(k_sample, b, masked, cfg))
+def fixed_generator_loss(params, inputs, rng, *, model, cfg, step=0, deterministic=False):
+  """Discriminator-only training on replacements from a fixed distribution, drawn
+  with the inputs (`prepare_inputs(..., sampler=...)`, on the whole global batch)."""
+  del step
+  b = inputs.batch
+  fake_ids = _replace(inputs.masked, inputs.replacements)
   labels = (fake_ids != b.input_ids).astype(jnp.int32)
-  disc_logits = _disc(params, fake_ids, b, k_disc, model=model, deterministic=deterministic)
-  disc_loss, disc_metrics = objectives.disc_loss_and_metrics(disc_logits, labels, b.input_mask)
+  disc_logits = _disc(params, fake_ids, b, rng, model=model, deterministic=deterministic)
+  disc_loss, disc_metrics = objectives.disc_loss_and_metrics(disc_logits, labels,
+                                                             inputs.token_weights)
   loss = cfg.disc_weight * disc_loss
   # No generator: its MLM metrics are reported as 0 (the evaluator expects the keys).
   zero = jnp.zeros([], jnp.float32)
   return loss, ({'loss': loss, 'gen_loss': zero, 'gen_accuracy': zero, 'disc_loss': disc_loss,
                  **disc_metrics}, _rtd_aux(disc_logits, labels, b.input_mask))
-
-
-def uniform_generator_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False):
-  del step
-  return _fixed_generator_loss(_uniform_sample, params, batch, rng, model=model, cfg=cfg,
-                               deterministic=deterministic)
-
-
-def unigram_generator_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False):
-  del step
-  return _fixed_generator_loss(_unigram_sample, params, batch, rng, model=model, cfg=cfg,
-                               deterministic=deterministic)
 
 
 def _mask_parts(params, parts, value):
@@ -294,19 +289,19 @@ def stage_steps(cfg) -> int:
   return int(n)
 
 
-def two_stage_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False):
+def two_stage_loss(params, inputs, rng, *, model, cfg, step=0, deterministic=False):
   """Stage 1 (step < n): gen_weight * MLM. Stage 2: disc_weight * BCE.
 
   Both terms are computed in both stages (the generator still samples in
   stage 2); only the selected one is optimised.
   """
-  loss_all, (metrics, aux) = objectives.electra_loss(params, batch, rng, model=model, cfg=cfg,
+  loss_all, (metrics, aux) = objectives.electra_loss(params, inputs, rng, model=model, cfg=cfg,
                                                      step=step, deterministic=deterministic)
   del loss_all
   first = step < stage_steps(cfg)
   loss = jnp.where(first, cfg.gen_weight * metrics['gen_loss'],
                    cfg.disc_weight * metrics['disc_loss'])
-  metrics = {**metrics, 'loss': loss, 'stage': jnp.where(first, 1.0, 2.0)}
+  metrics = {**metrics, 'loss': loss, 'stage': objectives.per_step(jnp.where(first, 1.0, 2.0))}
   return loss, (metrics, aux)
 
 
@@ -318,7 +313,7 @@ def two_stage_prepare(params, step, cfg):
   g, d = params['generator'], params['discriminator']
   if jax.tree.map(jnp.shape, g) != jax.tree.map(jnp.shape, d):
     raise ValueError('two_stage initialises the discriminator from the generator, so they need '
-                     'equal sizes: set model.generator_fraction=1.0')
+                     'equal sizes: set model.generator_fraction=1.0 and generator_layers=1.0')
   switch = step == stage_steps(cfg)
   pick = lambda src, dst: jax.tree.map(lambda s, t: jnp.where(switch, s, t), src, dst)
   out = dict(params)
@@ -351,21 +346,22 @@ def two_stage_update_mask(params, step, cfg):
 # ------------------------------------------------------------------ adversarial
 
 
-def reinforce_terms(gen_logits_BxMxV, sampled_BxM, reward_BxM, baseline_BxM, weights_BxM,
+def reinforce_terms(gen_logits_BxMxV, sampled_BxM, reward_BxM, baseline_BxM, norm_weights_BxM,
                     temperature: float = 1.0):
   """REINFORCE surrogate and baseline regression loss.
 
   surrogate = -mean_w[ sg(R - b) * log p(sampled) ], p = softmax(logits / T),
   whose gradient is the single-sample estimator -(R - b) grad log p(sampled) of
   -grad E[R] (unbiased for any b that does not depend on the sample).
-  baseline_loss = mean_w[ 0.5 (b - sg(R))^2 ]. Returns (surrogate, baseline_loss).
+  baseline_loss = mean_w[ 0.5 (b - sg(R))^2 ]. Returns (surrogate, baseline_loss) as
+  shares of the means (`norm_weights`: slot weights normalised over the global batch).
   """
   logp = jax.nn.log_softmax(gen_logits_BxMxV.astype(jnp.float32) / temperature, axis=-1)
   logp_s = jnp.take_along_axis(logp, sampled_BxM[..., None], axis=-1)[..., 0]
   reward = jax.lax.stop_gradient(reward_BxM)
   advantage = reward - jax.lax.stop_gradient(baseline_BxM)
-  surrogate = -objectives.weighted_mean(advantage * logp_s, weights_BxM)
-  baseline_loss = objectives.weighted_mean(0.5 * jnp.square(baseline_BxM - reward), weights_BxM)
+  surrogate = -objectives.share(advantage * logp_s, norm_weights_BxM)
+  baseline_loss = objectives.share(0.5 * jnp.square(baseline_BxM - reward), norm_weights_BxM)
   return surrogate, baseline_loss
 
 
@@ -375,7 +371,7 @@ def _bce_per_token(logits_BxL, labels_BxL):
           + jnp.log1p(jnp.exp(-jnp.abs(logits_BxL))))
 
 
-def adversarial_loss(params, batch, rng, *, model, cfg, step=0, deterministic=False):
+def adversarial_loss(params, inputs, rng, *, model, cfg, step=0, deterministic=False):
   """Adversarial ELECTRA: the generator maximises the discriminator's loss.
 
   Reward at a masked slot = the discriminator's BCE at that position on the
@@ -390,9 +386,8 @@ def adversarial_loss(params, batch, rng, *, model, cfg, step=0, deterministic=Fa
   if cfg.disallow_correct:
     raise ValueError('objective adversarial needs objective.disallow_correct=False: the '
                      'estimator uses the probabilities the samples were drawn from')
-  b = objectives.as_batch(batch)
-  k_mask, k_sample, k_gen, k_disc = jax.random.split(rng, 4)
-  masked = objectives.mask_inputs(k_mask, b.input_ids, b.input_mask, cfg)
+  b, masked = inputs.batch, inputs.masked
+  k_gen, k_disc = jax.random.split(rng)
   positions = None if model.cfg.generator_head == 'full' else masked.positions
   gen_logits, baseline = model.apply({'params': params}, masked.input_ids, b.input_mask,
                                      b.segment_ids, positions, deterministic,
@@ -401,18 +396,21 @@ def adversarial_loss(params, batch, rng, *, model, cfg, step=0, deterministic=Fa
   if positions is None:
     gen_logits = jnp.take_along_axis(gen_logits, masked.positions[..., None], axis=1)
     baseline = jnp.take_along_axis(baseline, masked.positions, axis=1)
-  mlm_loss, mlm_acc = objectives.mlm_loss_and_accuracy(gen_logits, masked.targets, masked.weights)
-  sampled = objectives.sample_tokens(k_sample, gen_logits, masked.targets, cfg.temperature, False)
+  mlm_loss, mlm_acc = objectives.mlm_loss_and_accuracy(gen_logits, masked.targets,
+                                                       inputs.slot_weights)
+  sampled = objectives.sample_tokens(inputs.sample_keys, gen_logits, masked.targets,
+                                     cfg.temperature, False)
   fake_ids = _replace(masked, sampled)
   labels = (fake_ids != b.input_ids).astype(jnp.int32)
   disc_logits = _disc(params, fake_ids, b, k_disc, model=model, deterministic=deterministic)
-  disc_loss, disc_metrics = objectives.disc_loss_and_metrics(disc_logits, labels, b.input_mask)
+  disc_loss, disc_metrics = objectives.disc_loss_and_metrics(disc_logits, labels,
+                                                             inputs.token_weights)
   reward_BxM = jnp.take_along_axis(_bce_per_token(disc_logits, labels), masked.positions, axis=1)
   surrogate, baseline_loss = reinforce_terms(gen_logits, sampled, reward_BxM, baseline,
-                                             masked.weights, cfg.temperature)
+                                             inputs.slot_weights, cfg.temperature)
   loss = cfg.gen_weight * (surrogate + baseline_loss) + cfg.disc_weight * disc_loss
   metrics = {'loss': loss, 'gen_loss': mlm_loss, 'gen_accuracy': mlm_acc,
-             'gen_reward': objectives.weighted_mean(reward_BxM, masked.weights),
+             'gen_reward': objectives.share(reward_BxM, inputs.slot_weights),
              'baseline_loss': baseline_loss, 'disc_loss': disc_loss, **disc_metrics}
   return loss, (metrics, _rtd_aux(disc_logits, labels, b.input_mask))
 
@@ -422,8 +420,12 @@ VARIANTS: dict[str, Objective] = {
     'electra_15': Objective(electra_15_loss),
     'replace_mlm': Objective(replace_mlm_loss),
     'all_tokens_mlm': Objective(all_tokens_mlm_loss),
-    'uniform_generator': Objective(uniform_generator_loss, update_mask=freeze_generator_mask),
-    'unigram_generator': Objective(unigram_generator_loss, update_mask=freeze_generator_mask),
+    'uniform_generator': Objective(
+        fixed_generator_loss, functools.partial(objectives.prepare_inputs, sampler=_uniform_sample),
+        update_mask=freeze_generator_mask),
+    'unigram_generator': Objective(
+        fixed_generator_loss, functools.partial(objectives.prepare_inputs, sampler=_unigram_sample),
+        update_mask=freeze_generator_mask),
     'two_stage': Objective(two_stage_loss, prepare_params=two_stage_prepare,
                            update_mask=two_stage_update_mask),
     'adversarial': Objective(adversarial_loss),
