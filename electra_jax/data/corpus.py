@@ -17,20 +17,25 @@ Output directory: `train-XXXXX-of-NNNNN.array_record` shards plus `metadata.json
 `eval_fraction > 0` the held-out documents (chosen by a hash of the document text) go to the
 same layout under `eval/`. Each record is the little-endian int32 array
 `concat(input_ids, segment_ids)` of one example (2 * n values, n <= max_seq_length, unpadded).
+Shard j holds the examples of a contiguous range of work units; shards.py writes them
+atomically with checksums, so a build resumes after a crash and can be split over machines.
 
 Determinism: the input is cut into work units that depend only on the data (files cut at
 document boundaries every ~UNIT_BYTES, TFDS records in groups of UNIT_DOCS); each unit has its
-own builder and RNG seeded from (seed, unit index), and the main process writes examples in
-unit order, round-robin over shards. So the shards are byte-identical for any `num_workers`.
-(The official script uses the global `random` state and shuffles files per process, so its
-output depends on the number of processes and is not reproducible.) Other deviations: a fresh
-builder per unit (the official one carries its pending target length from file to file; the
-sentences themselves are flushed at every file end in both); records are unpadded int32 arrays
-instead of padded tf.train.Examples with an input_mask, which the loader derives from lengths.
+own builder and RNG seeded from (seed, unit index), and each shard's examples are written in
+unit order. So the shards are byte-identical for any `num_workers`, any split over machines,
+and after any number of interruptions. (The official script uses the global `random` state
+and shuffles files per process, so its output depends on the number of processes and is not
+reproducible.) Other deviations: a fresh builder per unit (the official one carries its
+pending target length from file to file; the sentences themselves are flushed at every file
+end in both); records are unpadded int32 arrays instead of padded tf.train.Examples with an
+input_mask, which the loader derives from lengths.
 
-Command line:
+Command line (rerun the same command to resume an interrupted build):
   python -m electra_jax.data.corpus --input='corpus/*.txt' --vocab=vocab.txt \
       --output=DIR --seq_len=128 --num_shards=8 --num_workers=2 --seed=0
+  # split over N machines: add --process_index=i --process_count=N on machine i, then once
+  python -m electra_jax.data.corpus --merge --output=DIR
 """
 
 from __future__ import annotations

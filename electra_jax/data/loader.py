@@ -457,6 +457,7 @@ class PretrainingData:
   data_dir: Path
 
 
+SHARDS_PREFIX = 'shards:'  # data.source='shards:DIR': a directory built by electra_jax.data.corpus
 _REQUIRED_KEYS = ('source', 'vocab', 'lowercase', 'eval_fraction', 'num_shards', 'num_workers')
 
 
@@ -502,7 +503,9 @@ def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eva
   the examples or their order. A build goes to a temporary directory that is renamed into
   place when complete, so an interrupted build never leaves a half cache. Each host builds
   a missing cache itself (the rename makes concurrent builds safe). cache_root None means
-  $ELECTRA_JAX_CACHE or ~/.cache/electra_jax.
+  $ELECTRA_JAX_CACHE or ~/.cache/electra_jax. source 'shards:DIR' reads a directory built
+  beforehand by `python -m electra_jax.data.corpus` (a corpus too large to build per run),
+  and DIR/eval when eval_fraction > 0.
   """
   missing = [k for k in _REQUIRED_KEYS if k not in data_config]
   if missing:
@@ -516,40 +519,21 @@ def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eva
   tfds_data_dir = str(data_config['tfds_data_dir']) if 'tfds_data_dir' in data_config else ''
   if tokenizer is None:
     tokenizer, _ = load_tokenizer(data_config, cache_root)
-  key = {
-      'format': corpus.RECORD_FORMAT,
-      'source': _source_fingerprint(data_config.source, tfds_data_dir, cache_root),
-      'vocab_hash': tokenizer.vocab_hash, 'lowercase': tokenizer.lowercase, 'seq_len': seq_len,
-      'seed': seed, 'eval_fraction': float(data_config.eval_fraction),
-  }
-  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-  data_dir = cache_root / f'pretrain-{digest}'
-  import jax
-  process_index, process_count = jax.process_index(), jax.process_count()
   limits = dict(max_undecodable_fraction=float(data_config.get(
       'max_undecodable_fraction', corpus.MAX_UNDECODABLE_FRACTION)),
                 max_truncated_fraction=float(data_config.get(
                     'max_truncated_fraction', corpus.MAX_TRUNCATED_FRACTION)))
-  if not (data_dir / 'metadata.json').is_file():
-    clean_stale_builds(cache_root)
-    tmp = cache_root / f'.tmp-pretrain-{digest}-{uuid.uuid4().hex[:8]}'
-    with _BuildLock(tmp):
-      try:
-        corpus.build_pretraining_data(
-            data_config.source, tokenizer, tmp, max_seq_length=seq_len,
-            num_shards=int(data_config.num_shards), num_workers=int(data_config.num_workers),
-            seed=seed, eval_fraction=float(data_config.eval_fraction), tfds_data_dir=tfds_data_dir,
-            cache_dir=str(cache_root), progress=process_index == 0, min_examples=global_batch_size,
-            limit_names=corpus.LIMIT_KEYS, **limits)
-        (tmp / 'cache_key.json').write_text(json.dumps(key, indent=1, sort_keys=True) + '\n')
-        try:
-          os.rename(tmp, data_dir)
-        except OSError:
-          if not (data_dir / 'metadata.json').is_file():
-            raise
-          # Another process finished the same build first; its result is identical.
-      finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+  import jax
+  process_index, process_count = jax.process_index(), jax.process_count()
+  if str(data_config.source).startswith(SHARDS_PREFIX):
+    data_dir = Path(data_config.source[len(SHARDS_PREFIX):]).expanduser()
+    if not (data_dir / 'metadata.json').is_file():
+      raise FileNotFoundError(
+          f'{data_dir / "metadata.json"} not found: build the shards first (python -m '
+          f'electra_jax.data.corpus --output={data_dir} ..., then --merge for a split build)')
+  else:
+    data_dir = _cached_build(data_config, tokenizer, seq_len, seed, global_batch_size,
+                             cache_root, tfds_data_dir, limits, progress=process_index == 0)
   meta = read_metadata(data_dir)
   # A cache built earlier (under other limits) is held to this run's limits too.
   corpus.check_quality(meta, f'{data_config.source} (cache {data_dir})',
@@ -570,3 +554,37 @@ def make_pretraining_data(data_config, seq_len: int, global_batch_size: int, eva
       print(f'warning: eval_fraction={data_config.eval_fraction} held out no example of '
             f'{data_config.source}; no eval loader', file=sys.stderr)
   return PretrainingData(train=train, eval=eval_loader, tokenizer=tokenizer, data_dir=data_dir)
+
+
+def _cached_build(data_config, tokenizer, seq_len, seed, global_batch_size, cache_root,
+                  tfds_data_dir, limits, progress) -> Path:
+  """The cache directory of a data config, built first when missing."""
+  key = {
+      'format': corpus.RECORD_FORMAT,
+      'source': _source_fingerprint(data_config.source, tfds_data_dir, cache_root),
+      'vocab_hash': tokenizer.vocab_hash, 'lowercase': tokenizer.lowercase, 'seq_len': seq_len,
+      'seed': seed, 'eval_fraction': float(data_config.eval_fraction),
+  }
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  data_dir = cache_root / f'pretrain-{digest}'
+  if not (data_dir / 'metadata.json').is_file():
+    clean_stale_builds(cache_root)
+    tmp = cache_root / f'.tmp-pretrain-{digest}-{uuid.uuid4().hex[:8]}'
+    with _BuildLock(tmp):
+      try:
+        corpus.build_pretraining_data(
+            data_config.source, tokenizer, tmp, max_seq_length=seq_len,
+            num_shards=int(data_config.num_shards), num_workers=int(data_config.num_workers),
+            seed=seed, eval_fraction=float(data_config.eval_fraction), tfds_data_dir=tfds_data_dir,
+            cache_dir=str(cache_root), progress=progress, min_examples=global_batch_size,
+            limit_names=corpus.LIMIT_KEYS, **limits)
+        (tmp / 'cache_key.json').write_text(json.dumps(key, indent=1, sort_keys=True) + '\n')
+        try:
+          os.rename(tmp, data_dir)
+        except OSError:
+          if not (data_dir / 'metadata.json').is_file():
+            raise
+          # Another process finished the same build first; its result is identical.
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+  return data_dir
