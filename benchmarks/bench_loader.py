@@ -1,7 +1,7 @@
 r"""The pre-training loader at corpus scale: peak RSS, start-up time and batches/s, old vs new.
 
-    python benchmarks/bench_loader.py --dir /tmp/bench_loader --sizes 6000000,48000000 \
-        --old_rev main --measure_step --delete
+    python benchmarks/bench_loader.py --dir /tmp/bench_loader --sizes 3000000,24000000 \
+        --old_rev main --old_mem_gb 12 --batches 100 --repeats 5 --measure_step --delete
 
 1. Writes synthetic shards in the builder's format (`corpus.WRITER_OPTIONS`, records of
    int32le concat(input_ids, segment_ids), round-robin over `--shards` shards, metadata.json)
@@ -9,13 +9,15 @@ r"""The pre-training loader at corpus scale: peak RSS, start-up time and batches
    (95% of examples aim at the full length and come out 120-128 tokens after the [CLS]/[SEP]
    and the cut, 5% at a random length in [5, 128]), segment B starting at a random point.
    Shards are written by two processes in parallel; an existing complete size is reused.
-2. Runs each (loader, size) in a fresh subprocess: `new` is electra_jax.data.loader (Grain,
+2. Runs each (loader, size) in fresh subprocesses (`--repeats` of each new loader, medians): `new` is electra_jax.data.loader (Grain,
    prefetch threads as shipped), `new-sync` the same with no prefetch thread, `old` the in-memory
    loader of git revision `--old_rev` (its loader.py copied to a temporary module). Reported per
    child: peak RSS (resource.getrusage of the child; the import baseline beside it), start-up
    (constructing the loader until its first batch is in hand) and batches/s over `--batches`
    batches of 128 x 128 (one host). The old loader runs under RLIMIT_AS = `--old_mem_gb`, so
-   a size it cannot hold ends in MemoryError instead of the machine's OOM killer.
+   a size it cannot hold ends in MemoryError instead of the machine's OOM killer. Then the
+   step's view: the median time next() takes when a stand-in step (sleep of STEP_S, which
+   releases the GIL as XLA's compute does) runs between calls: what the step waits.
 3. `--measure_step`: one ELECTRA-Small train step at 128 x 128 on this machine (bench_step.py
    in a subprocess), for the ratio loader batches/s over step rate (goal >= 20x).
 `--delete` removes the synthetic shards at the end.
@@ -40,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 SEQ = 128
 VOCAB = 30522
+STEP_S = 0.5  # a stand-in step for the wait measurement (the real one is ~10 s here)
 
 
 def _write_shards(args) -> int:
@@ -98,7 +101,7 @@ def make_synthetic(out: Path, n: int, shards: int) -> float:
 
 def child(kind: str, data_dir: str, batches: int, old_module: str) -> dict:
   """Runs in a fresh process: one loader over one split."""
-  import numpy as np  # noqa: F401
+  import numpy as np
   if kind == 'old':
     sys.path.insert(0, str(Path(old_module).parent))
     import old_loader as lib  # pylint: disable=import-error
@@ -122,7 +125,16 @@ def child(kind: str, data_dir: str, batches: int, old_module: str) -> dict:
   for _ in range(batches):
     next(ld)
   rate = batches / (time.perf_counter() - t)
-  return {'startup_s': startup, 'batches_per_s': rate, 'base_rss_mb': base_rss,
+  # The step's view: next() while a "step" of STEP_S runs between calls (sleep releases the
+  # GIL as XLA's compute does); with prefetch the batch is ready, without it the step waits.
+  waits = []
+  for _ in range(10):
+    time.sleep(STEP_S)
+    t = time.perf_counter()
+    next(ld)
+    waits.append(time.perf_counter() - t)
+  return {'startup_s': startup, 'batches_per_s': rate, 'wait_ms': 1e3 * float(np.median(waits)),
+          'base_rss_mb': base_rss,
           'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           'num_examples': ld.num_examples}
 
@@ -151,9 +163,10 @@ def run_child(kind: str, data_dir: Path, batches: int, old_module: Path, mem_gb:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--dir', default='/tmp/bench_loader')
-  p.add_argument('--sizes', default='6000000,48000000')
+  p.add_argument('--sizes', default='3000000,24000000')
   p.add_argument('--shards', type=int, default=64)
   p.add_argument('--batches', type=int, default=300)
+  p.add_argument('--repeats', type=int, default=5, help='children per (new loader, size); medians')
   p.add_argument('--kinds', default='new,new-sync,old')
   p.add_argument('--old_rev', default='main', help='git revision whose loader.py is "old"')
   p.add_argument('--old_mem_gb', type=float, default=16.0)
@@ -161,6 +174,7 @@ def main() -> None:
   p.add_argument('--delete', action='store_true')
   p.add_argument('--json', default=None)
   a = p.parse_args()
+  import numpy as np  # pylint: disable=g-import-not-at-top
   root = Path(a.dir)
   sizes = [int(s) for s in a.sizes.split(',')]
   tmp = Path(tempfile.mkdtemp())
@@ -175,25 +189,36 @@ def main() -> None:
     print(f'{n:,} examples: {size_gb:.2f} GB in {a.shards} shards'
           + (f' (written in {gen_s:.0f} s)' if gen_s else ' (reused)'), flush=True)
     for kind in a.kinds.split(','):
-      r = run_child(kind, d, a.batches, old, a.old_mem_gb)
-      r.update(kind=kind, size=n, size_gb=size_gb)
+      runs = []
+      for _ in range(a.repeats if kind != 'old' else 1):  # old: one start-up is minutes
+        runs.append(run_child(kind, d, a.batches, old, a.old_mem_gb))
+        print('  ' + json.dumps({'kind': kind, **runs[-1]}), flush=True)
+        if 'error' in runs[-1]:
+          break
+      r = dict(runs[-1]) if 'error' in runs[-1] else {
+          k: float(np.median([x[k] for x in runs])) for k in runs[0] if k != 'num_examples'}
+      r.update(kind=kind, size=n, size_gb=size_gb, runs=runs)
+      if 'startup_s' in runs[0]:
+        r['startup_range'] = (min(x['startup_s'] for x in runs), max(x['startup_s'] for x in runs))
       results.append(r)
-      print('  ' + json.dumps(r), flush=True)
   step_s = None
   if a.measure_step:
     import bench_data  # pylint: disable=g-import-not-at-top
     step_s = bench_data.measure_step(128, SEQ)
     print(f'ELECTRA-Small 128 x {SEQ} train step: {step_s:.2f} s', flush=True)
-  print('\n| loader | examples | shards GB | peak RSS MB (imports) | start-up s | batches/s |'
-        + (' x step rate |' if step_s else ''))
-  print('|---|---|---|---|---|---|' + ('---|' if step_s else ''))
+  print(f'\nmedians of {a.repeats} fresh processes (old: 1); start-up range in brackets')
+  print('\n| loader | examples | shards GB | peak RSS MB (imports) | start-up s | batches/s | '
+        'step waits ms |' + (' x step rate |' if step_s else ''))
+  print('|---|---|---|---|---|---|---|' + ('---|' if step_s else ''))
   for r in results:
     if 'batches_per_s' in r:
-      cells = [f'{r["peak_rss_mb"]:,.0f} ({r["base_rss_mb"]:,.0f})', f'{r["startup_s"]:.2f}',
-               f'{r["batches_per_s"]:.1f}'] + ([f'{r["batches_per_s"] * step_s:,.0f}x'] if step_s else [])
+      lo, hi = r['startup_range']
+      cells = [f'{r["peak_rss_mb"]:,.0f} ({r["base_rss_mb"]:,.0f})',
+               f'{r["startup_s"]:.2f} [{lo:.2f}-{hi:.2f}]',
+               f'{r["batches_per_s"]:.1f}', f'{r["wait_ms"]:.1f}'] + ([f'{r["batches_per_s"] * step_s:,.0f}x'] if step_s else [])
     else:
       cells = [f'{r.get("peak_rss_mb", float("nan")):,.0f}', f'{r.get("startup_s", float("nan")):.2f}',
-               r['error']] + (['-'] if step_s else [])
+               r['error'], '-'] + (['-'] if step_s else [])
     print(f'| {r["kind"]} | {r["size"]:,} | {r["size_gb"]:.2f} | ' + ' | '.join(cells) + ' |')
   if a.json:
     Path(a.json).write_text(json.dumps({'results': results, 'step_s': step_s}, indent=1) + '\n')

@@ -435,6 +435,8 @@ def _build(units, num_units, desc, tokenizer, output_dir, max_seq_length, num_sh
   if len(todo) < len(mine) and progress:
     print(f'{output_dir}: {len(mine) - len(todo)} of this process\'s {len(mine)} shards are '
           'complete (checksums match); building the rest', file=sys.stderr, flush=True)
+  if not todo:
+    return
   wanted = np.zeros(num_units, bool)
   for j in todo:
     wanted[bounds[j]:bounds[j + 1]] = True
