@@ -4,7 +4,9 @@ r"""The pre-training loader at corpus scale: peak RSS, start-up time and batches
         --old_rev main --old_mem_gb 12 --batches 100 --repeats 5 --measure_step --delete
 
 1. Writes synthetic shards in the builder's format (`corpus.WRITER_OPTIONS`, records of
-   int32le concat(input_ids, segment_ids), round-robin over `--shards` shards, metadata.json)
+   int32le concat(input_ids, segment_ids), metadata.json), laid out round-robin over
+   `--shards` shards as builds before resumable ones were (no `shard_examples`: the loader
+   reads both layouts, at the same cost: one chunk per example either way)
    for each size: random ids in [5, 30522), lengths as the builder makes them at seq_len 128
    (95% of examples aim at the full length and come out 120-128 tokens after the [CLS]/[SEP]
    and the cut, 5% at a random length in [5, 128]), segment B starting at a random point.
