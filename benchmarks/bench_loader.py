@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import resource
 import shutil
 import subprocess
@@ -109,7 +108,7 @@ def child(kind: str, data_dir: str, batches: int, old_module: str) -> dict:
     import old_loader as lib  # pylint: disable=import-error
   else:
     from electra_jax.data import loader as lib
-    import grain  # noqa: F401  (imported at start-up anyway; kept out of the start-up time)
+    import grain  # noqa: F401  pylint: disable=unused-import  (kept out of the start-up time)
   base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   kw = dict(process_index=0, process_count=1)
   if kind == 'new-sync':

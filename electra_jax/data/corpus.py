@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import mmap
 import os
 import random

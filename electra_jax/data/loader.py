@@ -81,8 +81,8 @@ class ShardedRecords:
 
   Build order is the shards' records one shard after the other (`shard_examples` in the
   metadata; builds from before resumable builds wrote example k as record k // S of shard
-  k % S, and read so). The readers open every non-empty shard at construction (reading only
-  its footer, the chunk index) and check the record counts against metadata.json; records
+  k % S, and read so). The readers open every shard at construction (reading only its
+  footer, the chunk index) and check the record counts against metadata.json; records
   are read on demand, those of one shard in one call. Picklable (the readers reopen lazily),
   so Grain worker processes can use it too.
   """
@@ -109,16 +109,14 @@ class ShardedRecords:
     for path, want in zip(self.paths, self.counts):
       if not path.is_file():
         raise FileNotFoundError(f'shard {path} listed in metadata.json is missing')
-      reader = None
-      if want:
-        try:
-          reader = ArrayRecordReader(str(path), _READER_OPTIONS, file_reader_buffer_size=32768)
-          count = reader.num_records()
-        except Exception as e:  # noqa: BLE001 -- riegeli / absl status errors of a cut or garbled file
-          raise _corrupt(path, self.data_dir, e) from None
-        if count != want:
-          raise ValueError(f'{path}: {count} records, but metadata.json implies {want}; delete '
-                           f'{self.data_dir} to rebuild it')
+      try:
+        reader = ArrayRecordReader(str(path), _READER_OPTIONS, file_reader_buffer_size=32768)
+        count = reader.num_records()
+      except Exception as e:  # noqa: BLE001 -- riegeli / absl status errors of a cut or garbled file
+        raise _corrupt(path, self.data_dir, e) from None
+      if count != want:
+        raise _corrupt(path, self.data_dir, ValueError(
+            f'{count} records, metadata.json says {want}'))
       readers.append(reader)
     return readers
 
@@ -163,8 +161,7 @@ class ShardedRecords:
 
   def close(self) -> None:
     for r in self._readers or ():
-      if r is not None:
-        r.close()
+      r.close()
     self._readers = None
 
 

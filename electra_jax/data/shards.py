@@ -48,8 +48,9 @@ def split_dir(output_dir: Path, split: str) -> Path:
 
 
 def unit_bounds(num_units: int, num_shards: int) -> list[int]:
-  """Shard j holds work units [bounds[j], bounds[j + 1])."""
-  return [j * num_units // num_shards for j in range(num_shards + 1)]
+  """Shard j holds work units [bounds[j], bounds[j + 1]) (rounded up: shard 0 is never
+  empty)."""
+  return [-(-j * num_units // num_shards) for j in range(num_shards + 1)]
 
 
 def sha256_of(path: Path) -> str:
