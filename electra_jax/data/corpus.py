@@ -17,27 +17,31 @@ Output directory: `train-XXXXX-of-NNNNN.array_record` shards plus `metadata.json
 `eval_fraction > 0` the held-out documents (chosen by a hash of the document text) go to the
 same layout under `eval/`. Each record is the little-endian int32 array
 `concat(input_ids, segment_ids)` of one example (2 * n values, n <= max_seq_length, unpadded).
+Shard j holds the examples of a contiguous range of work units; shards.py writes them
+atomically with checksums, so a build resumes after a crash and can be split over machines.
 
 Determinism: the input is cut into work units that depend only on the data (files cut at
 document boundaries every ~UNIT_BYTES, TFDS records in groups of UNIT_DOCS); each unit has its
-own builder and RNG seeded from (seed, unit index), and the main process writes examples in
-unit order, round-robin over shards. So the shards are byte-identical for any `num_workers`.
-(The official script uses the global `random` state and shuffles files per process, so its
-output depends on the number of processes and is not reproducible.) Other deviations: a fresh
-builder per unit (the official one carries its pending target length from file to file; the
-sentences themselves are flushed at every file end in both); records are unpadded int32 arrays
-instead of padded tf.train.Examples with an input_mask, which the loader derives from lengths.
+own builder and RNG seeded from (seed, unit index), and each shard's examples are written in
+unit order. So the shards are byte-identical for any `num_workers`, any split over machines,
+and after any number of interruptions. (The official script uses the global `random` state
+and shuffles files per process, so its output depends on the number of processes and is not
+reproducible.) Other deviations: a fresh builder per unit (the official one carries its
+pending target length from file to file; the sentences themselves are flushed at every file
+end in both); records are unpadded int32 arrays instead of padded tf.train.Examples with an
+input_mask, which the loader derives from lengths.
 
-Command line:
+Command line (rerun the same command to resume an interrupted build):
   python -m electra_jax.data.corpus --input='corpus/*.txt' --vocab=vocab.txt \
       --output=DIR --seq_len=128 --num_shards=8 --num_workers=2 --seed=0
+  # split over N machines: add --process_index=i --process_count=N on machine i, then once
+  python -m electra_jax.data.corpus --merge --output=DIR
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import mmap
 import os
 import random
@@ -52,11 +56,20 @@ from absl import flags
 
 from electra_jax import cli
 from electra_jax import runlog
+from electra_jax.data import shards
 from electra_jax.data import tokenizer as tok_lib
 
 UNIT_BYTES = 2 << 20  # ~2 MB of text per work unit: enough to keep Rust batch encoding busy
 UNIT_DOCS = 1000  # TFDS records per work unit
-RECORD_FORMAT = 'int32le:input_ids+segment_ids'
+RECORD_FORMAT = shards.RECORD_FORMAT
+WRITER_OPTIONS = shards.WRITER_OPTIONS
+_ShardWriter = shards._ShardWriter  # pylint: disable=protected-access
+# The quality limits and the merge live in shards.py (the build's output); named here too.
+MAX_UNDECODABLE_FRACTION = shards.MAX_UNDECODABLE_FRACTION
+MAX_TRUNCATED_FRACTION = shards.MAX_TRUNCATED_FRACTION
+LIMIT_FLAGS, LIMIT_KEYS = shards.LIMIT_FLAGS, shards.LIMIT_KEYS
+check_quality, report_drops = shards.check_quality, shards.report_drops
+merge_pretraining_data = shards.merge_pretraining_data
 _SPLITS = ('train', 'eval')
 
 
@@ -345,90 +358,28 @@ def _ordered_map(fn, items: Iterator, pool, window: int) -> Iterator:
     yield pending.popleft().get()
 
 
-# ----------------------------------------------------------------------------- writing
-
-
-class _ShardWriter:
-  """Writes examples round-robin over `num_shards` array_record files in one directory."""
-
-  def __init__(self, out_dir: Path, prefix: str, num_shards: int):
-    from array_record.python.array_record_module import ArrayRecordWriter
-    out_dir.mkdir(parents=True, exist_ok=True)
-    self.names = [f'{prefix}-{i:05d}-of-{num_shards:05d}.array_record' for i in range(num_shards)]
-    self._writers = [ArrayRecordWriter(str(out_dir / n), 'group_size:256') for n in self.names]
-    self.num_examples = 0
-    self.num_tokens = 0
-    self.num_single_segment = 0
-
-  def write(self, flat: np.ndarray, lengths: np.ndarray, len_a: np.ndarray) -> None:
-    if len(lengths) == 0:
-      return
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    pos_in_example = np.arange(len(flat)) - np.repeat(starts, lengths)
-    seg = (pos_in_example >= np.repeat(len_a, lengths)).astype('<i4')
-    # Slicing two byte strings per example avoids per-example numpy calls (the main process
-    # writes every example, so it must stay cheap next to the tokenizing workers).
-    ids_b, seg_b = flat.astype('<i4').tobytes(), seg.tobytes()
-    writers, n = self._writers, len(self._writers)
-    for o, l in zip((4 * starts).tolist(), (4 * lengths).tolist()):
-      writers[self.num_examples % n].write(ids_b[o:o + l] + seg_b[o:o + l])
-      self.num_examples += 1
-    self.num_tokens += int(lengths.sum())
-    self.num_single_segment += int((len_a == lengths).sum())
-
-  def close(self) -> None:
-    for w in self._writers:
-      w.close()
-
-
-# Defaults of the builder's quality limits (config.data.max_undecodable_fraction, ...).
-MAX_UNDECODABLE_FRACTION = 0.5
-MAX_TRUNCATED_FRACTION = 0.5
-
-
-def check_quality(meta: dict, desc: str, max_undecodable_fraction: float = MAX_UNDECODABLE_FRACTION,
-                  max_truncated_fraction: float = MAX_TRUNCATED_FRACTION,
-                  names: tuple[str, str] = ('data.max_undecodable_fraction',
-                                            'data.max_truncated_fraction')) -> None:
-  """Refuses a build that dropped more than the limits allow (each limit named in the error).
-
-  meta: a metadata.json dict (or the builder's totals). Caches written before these counts
-  existed lack them and pass.
-  """
-  bad, lines = meta.get('invalid_utf8_lines', 0), meta.get('num_lines')
-  if lines is not None and bad and bad / (bad + lines) > max_undecodable_fraction:
-    raise ValueError(
-        f'{desc}: {bad} of {bad + lines} lines ({bad / (bad + lines):.1%}) are not valid UTF-8'
-        + (f' (first at {meta["first_invalid"]})' if meta.get('first_invalid') else '')
-        + f', more than {names[0]}={max_undecodable_fraction}; is it a text corpus? (raise '
-        f'{names[0]} to build from the valid lines)')
-  cut, total = meta.get('num_truncated_tokens'), meta.get('num_text_tokens', 0)
-  if cut is not None and total and cut / total > max_truncated_fraction:
-    raise ValueError(
-        f'{desc}: {cut} of its {total} tokens ({cut / total:.1%}) do not fit in the examples of '
-        f'seq_len={meta.get("max_seq_length")} and would be dropped, more than '
-        f'{names[1]}={max_truncated_fraction}; the text has lines far longer than an example '
-        '(split it into sentences or paragraphs, one per line)')
-
-
 def build_pretraining_data(source: str, tokenizer: tok_lib.WordPieceTokenizer, output_dir,
                            max_seq_length: int = 128, num_shards: int = 8, num_workers: int = 1,
                            seed: int = 0, eval_fraction: float = 0.0, tfds_data_dir: str = '',
                            cache_dir: str | None = None, progress: bool = True,
                            max_undecodable_fraction: float = MAX_UNDECODABLE_FRACTION,
                            max_truncated_fraction: float = MAX_TRUNCATED_FRACTION,
-                           min_examples: int = 1, limit_names: tuple[str, ...] | None = None) -> dict:
-  """Builds the shards of `source` into `output_dir` (must be absent or empty).
+                           min_examples: int = 1, limit_names: tuple[str, ...] | None = None,
+                           process_index: int = 0, process_count: int = 1) -> dict | None:
+  """Builds the shards of `source` into `output_dir` (absent, empty, or a partial build).
 
-  Returns the train split's metadata dict (also written to output_dir/metadata.json). Raises
-  FileNotFoundError / ValueError with a one-line message for a missing path, an empty corpus,
-  documents too short to make an example, or an unavailable TFDS dataset. What was dropped
-  (invalid UTF-8 lines, tokens cut by the length limit, empty documents) is counted in the
-  metadata and reported on stderr; the build stops with an error naming the limit when more
-  than `max_undecodable_fraction` of the lines are not UTF-8, more than
-  `max_truncated_fraction` of the tokens are cut, or fewer than `min_examples` training
-  examples come out. `limit_names`: how the error names the three limits (the config keys
-  or the command-line flags).
+  Returns the train split's metadata dict (also written to output_dir/metadata.json), or None
+  when process_count > 1: this process then wrote only its shards (j = process_index mod
+  process_count) and `merge_pretraining_data` writes the metadata once all are done. A rerun
+  with the same arguments resumes: shards whose checksums match their part files are skipped
+  (see shards.py); an interrupted build leaves only complete shards. Raises FileNotFoundError /
+  ValueError with a one-line message for a missing path, an empty corpus, documents too short
+  to make an example, or an unavailable TFDS dataset. What was dropped (invalid UTF-8 lines,
+  tokens cut by the length limit, empty documents) is counted in the metadata and reported on
+  stderr; the build stops with an error naming the limit when more than
+  `max_undecodable_fraction` of the lines are not UTF-8, more than `max_truncated_fraction` of
+  the tokens are cut, or fewer than `min_examples` training examples come out.
+  `limit_names`: how the error names the three limits (the config keys or the flags).
   """
   if max_seq_length < 5:
     raise ValueError(f'max_seq_length={max_seq_length} is too small; expected >= 5')
@@ -436,131 +387,95 @@ def build_pretraining_data(source: str, tokenizer: tok_lib.WordPieceTokenizer, o
     raise ValueError(f'num_shards={num_shards} and num_workers={num_workers}; expected >= 1 and >= 0')
   if not 0.0 <= eval_fraction < 1.0:
     raise ValueError(f'eval_fraction={eval_fraction}; expected a value in [0, 1)')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index}, process_count={process_count}; expected '
+                     '0 <= process_index < process_count')
   output_dir = Path(output_dir)
-  if output_dir.exists() and any(output_dir.iterdir()):
+  if output_dir.exists() and any(output_dir.iterdir()) and not (
+      output_dir / shards.BUILD_DIR / 'settings.json').is_file():
     raise ValueError(f'output directory {output_dir} is not empty')
   units, num_units, desc = resolve_source(source, tfds_data_dir, cache_dir)
-  created = not output_dir.exists()
-  try:
-    return _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length, num_shards,
-                  num_workers, seed, eval_fraction, progress,
-                  dict(max_undecodable_fraction=max_undecodable_fraction,
-                       max_truncated_fraction=max_truncated_fraction, min_examples=min_examples,
-                       names=limit_names or LIMIT_FLAGS))
-  except BaseException:
-    # Never leave half-written shards behind in a directory that was empty before.
-    if created:
-      shutil.rmtree(output_dir, ignore_errors=True)
-    else:
-      for child in output_dir.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
-    raise
-
-
-LIMIT_FLAGS = ('--max_undecodable_fraction', '--max_truncated_fraction', '--min_examples')
-LIMIT_KEYS = ('data.max_undecodable_fraction', 'data.max_truncated_fraction', 'train.batch_size')
-
-
-def _build(units, num_units, desc, source, tokenizer, output_dir, max_seq_length, num_shards,
-           num_workers, seed, eval_fraction, progress, limits) -> dict:
-  writers = {'train': _ShardWriter(output_dir, 'train', num_shards)}
-  if eval_fraction > 0:
-    writers['eval'] = _ShardWriter(output_dir / 'eval', 'eval', max(1, min(num_shards, 4)))
-  totals = collections.Counter()
-  first_invalid = None
-  init = (tokenizer.tokens, tokenizer.lowercase, max_seq_length, seed, eval_fraction)
+  fresh = not output_dir.exists() or not any(output_dir.iterdir())
+  settings = {
+      'format': RECORD_FORMAT, 'source': source, 'seed': seed, 'vocab_hash': tokenizer.vocab_hash,
+      'vocab_size': tokenizer.vocab_size, 'lowercase': tokenizer.lowercase,
+      'special_ids': {'pad': tokenizer.pad_id, 'unk': tokenizer.unk_id, 'cls': tokenizer.cls_id,
+                      'sep': tokenizer.sep_id, 'mask': tokenizer.mask_id},
+      'max_seq_length': max_seq_length, 'num_shards': num_shards, 'eval_fraction': eval_fraction,
+      'num_units': num_units, 'unit_bytes': UNIT_BYTES, 'unit_docs': UNIT_DOCS}
+  limits = dict(max_undecodable_fraction=max_undecodable_fraction,
+                max_truncated_fraction=max_truncated_fraction, min_examples=min_examples,
+                names=limit_names or LIMIT_FLAGS)
   start = time.perf_counter()
+  try:
+    shards.start(output_dir, settings)
+    shards.remove_temporaries(output_dir)
+    _build(units, num_units, desc, tokenizer, output_dir, max_seq_length, num_shards, num_workers,
+           seed, eval_fraction, progress, process_index, process_count)
+    if process_count > 1:
+      return None
+    return merge_pretraining_data(output_dir, num_workers=num_workers,
+                                  seconds=time.perf_counter() - start, **limits)
+  except ValueError:
+    if fresh and process_count == 1:  # a corpus that cannot make data: leave nothing behind
+      shutil.rmtree(output_dir, ignore_errors=True)
+    raise
+  finally:
+    if output_dir.exists():
+      shards.remove_temporaries(output_dir)
+
+
+def _build(units, num_units, desc, tokenizer, output_dir, max_seq_length, num_shards, num_workers,
+           seed, eval_fraction, progress, process_index, process_count) -> None:
+  """Writes this process's shards that are not complete yet, one after the other."""
+  bounds = shards.unit_bounds(num_units, num_shards)
+  mine = range(process_index, num_shards, process_count)
+  todo = [j for j in mine if shards.read_part(output_dir, j) is None]
+  if len(todo) < len(mine) and progress:
+    print(f'{output_dir}: {len(mine) - len(todo)} of this process\'s {len(mine)} shards are '
+          'complete (checksums match); building the rest', file=sys.stderr, flush=True)
+  if not todo:
+    return
+  wanted = np.zeros(num_units, bool)
+  for j in todo:
+    wanted[bounds[j]:bounds[j + 1]] = True
+  work = ((u, unit) for u, unit in enumerate(units) if wanted[u])
+  splits = ('train', 'eval') if eval_fraction > 0 else ('train',)
+  init = (tokenizer.tokens, tokenizer.lowercase, max_seq_length, seed, eval_fraction)
   from tqdm import tqdm
-  bar = tqdm(total=num_units, unit='unit', desc=f'building {desc}', disable=not progress,
+  bar = tqdm(total=int(wanted.sum()), unit='unit', desc=f'building {desc}', disable=not progress,
              file=sys.stderr, dynamic_ncols=True)
-  pool = None
+  pool, current = None, None
   try:
     if num_workers <= 1:
       _init_worker(*init, None)
-      results = map(_process_unit, enumerate(units))
+      results = map(_process_unit, work)
     else:
       import multiprocessing
       # spawn, not fork: the parent may hold JAX/TF/Rust threads, which fork would copy broken.
       threads = max(1, (os.cpu_count() or 1) // num_workers)
       pool = multiprocessing.get_context('spawn').Pool(num_workers, _init_worker, init + (threads,))
-      results = _ordered_map(_process_unit, enumerate(units), pool, window=2 * num_workers)
-    for r in results:
-      for k in ('invalid_utf8_lines', 'num_documents', 'num_lines', 'num_text_tokens',
-                'empty_documents', 'num_truncated_tokens'):
-        totals[k] += r[k]
-      first_invalid = first_invalid or r['first_invalid']
-      for s, w in writers.items():
-        w.write(*r[s])
-      bar.update(1)
-      bar.set_postfix(examples=writers['train'].num_examples, refresh=False)
+      results = _ordered_map(_process_unit, work, pool, window=2 * num_workers)
+    examples = 0
+    for j in todo:
+      current, t = shards.ShardBuild(output_dir, j, num_shards, splits), time.perf_counter()
+      for _ in range(bounds[j], bounds[j + 1]):
+        r = next(results)
+        current.add(r)
+        examples += len(r['train'][1])
+        bar.update(1)
+        bar.set_postfix(shard=j, examples=examples, refresh=False)
+      current.commit(time.perf_counter() - t)
+      current = None
     if pool is not None:
       pool.close()
       pool.join()
   finally:
     bar.close()
-    for w in writers.values():
-      w.close()
+    if current is not None:
+      current.abort()
     if pool is not None:
       pool.terminate()
-  elapsed = time.perf_counter() - start
-
-  report_drops(desc, totals, first_invalid, max_seq_length)
-  names = limits['names']
-  check_quality({**totals, 'first_invalid': first_invalid, 'max_seq_length': max_seq_length},
-                desc, limits['max_undecodable_fraction'], limits['max_truncated_fraction'],
-                names[:2])
-  if totals['num_lines'] == 0:
-    raise ValueError(f'empty corpus: {desc} has no non-blank line'
-                     + (f' of valid UTF-8 (first invalid at {first_invalid})' if first_invalid else ''))
-  if writers['train'].num_examples == 0:
-    raise ValueError(f'{desc}: its {totals["num_documents"]} document(s) are too short to make any '
-                     f'training example ({totals["empty_documents"]} have no token after tokenization'
-                     + (f', eval_fraction={eval_fraction} held out the rest' if eval_fraction else '') + ')')
-  if writers['train'].num_examples < limits['min_examples']:
-    raise ValueError(f'{desc} gave {writers["train"].num_examples} training example(s), fewer than '
-                     f'one global batch ({names[2]}={limits["min_examples"]}); add text, or lower '
-                     f'{names[2]}')
-  meta = None
-  for s, w in writers.items():
-    m = {
-        'format': RECORD_FORMAT, 'split': s, 'source': source, 'seed': seed,
-        'vocab_hash': tokenizer.vocab_hash, 'vocab_size': tokenizer.vocab_size,
-        'lowercase': tokenizer.lowercase,
-        'special_ids': {'pad': tokenizer.pad_id, 'unk': tokenizer.unk_id, 'cls': tokenizer.cls_id,
-                        'sep': tokenizer.sep_id, 'mask': tokenizer.mask_id},
-        'max_seq_length': max_seq_length, 'num_examples': w.num_examples,
-        'num_tokens': w.num_tokens, 'num_single_segment': w.num_single_segment,
-        'num_shards': len(w.names), 'shards': w.names, 'eval_fraction': eval_fraction,
-        'num_documents': totals['num_documents'], 'num_text_tokens': totals['num_text_tokens'],
-        'num_empty_documents': totals['empty_documents'], 'num_lines': totals['num_lines'],
-        'num_truncated_tokens': totals['num_truncated_tokens'],
-        'invalid_utf8_lines': totals['invalid_utf8_lines'], 'build_seconds': round(elapsed, 3),
-    }
-    d = output_dir if s == 'train' else output_dir / 'eval'
-    # build_seconds varies run to run, so it lives in its own file: metadata.json stays reproducible.
-    timing = {'build_seconds': m.pop('build_seconds'), 'num_workers': num_workers}
-    (d / 'metadata.json').write_text(json.dumps(m, indent=1, sort_keys=True) + '\n')
-    (d / 'build_stats.json').write_text(json.dumps(timing) + '\n')
-    m['build_seconds'] = timing['build_seconds']
-    meta = meta or m
-  return meta
-
-
-def report_drops(desc: str, totals: dict, first_invalid: str | None, max_seq_length: int) -> None:
-  """One stderr line saying what the build dropped and why (nothing when nothing was)."""
-  parts = []
-  bad, lines = totals['invalid_utf8_lines'], totals['num_lines']
-  if bad:
-    parts.append(f'{bad} of {bad + lines} lines ({bad / (bad + lines):.1%}) of invalid UTF-8 '
-                 f'(first at {first_invalid})')
-  cut, total = totals['num_truncated_tokens'], totals['num_text_tokens']
-  if cut and total:
-    parts.append(f'{cut} of {total} tokens ({cut / total:.1%}) cut to fit seq_len='
-                 f'{max_seq_length}')
-  if totals['empty_documents']:
-    parts.append(f'{totals["empty_documents"]} document(s) with no token')
-  if parts:
-    print(f'{desc}: dropped ' + '; '.join(parts), file=sys.stderr, flush=True)
 
 
 def define_flags():
@@ -584,27 +499,41 @@ def define_flags():
                      'Stop when more than this share of the tokens would be cut away.')
   flags.DEFINE_integer('min_examples', 1,
                        'Stop when fewer training examples come out (e.g. one global batch).')
+  flags.DEFINE_integer('process_index', 0, 'This machine\'s index, for a build split over '
+                       '--process_count machines (each writes shards j = index mod count).')
+  flags.DEFINE_integer('process_count', 1, 'Machines sharing the build; then run --merge once.')
+  flags.DEFINE_bool('merge', False, 'Only check the shards of a split build in --output and '
+                    'write its metadata (after every process has finished).')
 
 
 def main(argv) -> None:
   """python -m electra_jax.data.corpus --input=GLOB --vocab=vocab.txt --output=DIR [flags]."""
   f = flags.FLAGS
   cli.no_positional(argv)
-  cli.require(input=f.input, vocab=f.vocab, output=f.output)
-  if f.vocab == 'builtin':
-    from electra_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
-    vocab = builtin_corpus.builtin_vocab(runlog.cache_dir(f.cache_dir))
+  limits = dict(max_undecodable_fraction=f.max_undecodable_fraction,
+                max_truncated_fraction=f.max_truncated_fraction, min_examples=f.min_examples)
+  if f.merge:
+    cli.require(output=f.output)
+    meta = merge_pretraining_data(f.output, **limits)
   else:
-    vocab = f.vocab
-  tok = tok_lib.WordPieceTokenizer.from_vocab(vocab, lowercase=f.lowercase)
-  out = Path(f.output)
-  if f.overwrite and out.exists():
-    shutil.rmtree(out)
-  meta = build_pretraining_data(f.input, tok, out, f.seq_len, f.num_shards,
-                                f.num_workers, f.seed, f.eval_fraction, f.tfds_data_dir,
-                                f.cache_dir, max_undecodable_fraction=f.max_undecodable_fraction,
-                                max_truncated_fraction=f.max_truncated_fraction,
-                                min_examples=f.min_examples)
+    cli.require(input=f.input, vocab=f.vocab, output=f.output)
+    if f.vocab == 'builtin':
+      from electra_jax.data import builtin_corpus  # pylint: disable=g-import-not-at-top
+      vocab = builtin_corpus.builtin_vocab(runlog.cache_dir(f.cache_dir))
+    else:
+      vocab = f.vocab
+    tok = tok_lib.WordPieceTokenizer.from_vocab(vocab, lowercase=f.lowercase)
+    out = Path(f.output)
+    if f.overwrite and out.exists():
+      shutil.rmtree(out)
+    meta = build_pretraining_data(f.input, tok, out, f.seq_len, f.num_shards, f.num_workers, f.seed,
+                                  f.eval_fraction, f.tfds_data_dir, f.cache_dir,
+                                  process_index=f.process_index, process_count=f.process_count,
+                                  **limits)
+    if meta is None:
+      print(f'process {f.process_index} of {f.process_count} wrote its shards to {f.output}; once '
+            f'every process has, run: python -m electra_jax.data.corpus --merge --output={f.output}')
+      return
   rate = meta['num_text_tokens'] / max(meta['build_seconds'], 1e-9)
   print(f'wrote {meta["num_examples"]} examples ({meta["num_tokens"]} tokens) in {meta["num_shards"]} '
         f'shards to {f.output} in {meta["build_seconds"]:.1f}s ({rate / 1e6:.2f}M text tokens/s)')
