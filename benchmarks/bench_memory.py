@@ -189,14 +189,15 @@ def main():
       r['log_tail'] = (work / f'{workdir.name}.log').read_text()[-2000:]
     print(json.dumps({k: v for k, v in r.items() if k != 'log_tail'}), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
-    return r
+    done[jobs.index(job)] = r  # kept even when a later run is interrupted
 
-  rows = []
+  done = {}
   try:
     # --jobs 2: the two allocators of a case run side by side, under the same load.
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-      rows = list(pool.map(run, jobs))
+      list(pool.map(run, jobs))
   finally:
+    rows = [done[i] for i in sorted(done)]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     header = (f"Host memory benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "

@@ -21,8 +21,8 @@ later step reuses it. Fine-tuning runs several shapes (length buckets, the
 evaluation batch) and compiles between them; with one arena that is never
 trimmed and no mmap'd blocks, the freed blocks of one shape could not hold the
 next and the heap grew to 2-3x what the system allocator needs (MRPC, Small:
-5.95 GB against 2.60 GB; SQuAD 3x), for no speed gain. So fine-tuning keeps the
-system allocator.
+5.95 GB against 2.60 GB; SQuAD in issue 18: 19.9 against 6.0 GB), for no speed
+gain. So fine-tuning keeps the system allocator.
 
 glibc reads GLIBC_TUNABLES only when a process starts, so the entry points
 (`electra_jax.main`, the benchmarks) call `reexec_with_tuned_malloc()` first: it
