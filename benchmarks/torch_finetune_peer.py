@@ -86,7 +86,7 @@ def main():
   dev = features(dev_split, False, a.max_eval_examples)
   buckets = task_base.bucket_lengths(seq_len, a.buckets)
 
-  cfg = hf_config(a.size, 1 if span else task.num_labels)
+  cfg = hf_config(a.size, 2 if span else task.num_labels)  # QA: start and end logits
   cfg.vocab_size = tok.vocab_size
   model = (hf.ElectraForQuestionAnswering if span else hf.ElectraForSequenceClassification)(cfg)
   decay = [p_ for n, p_ in model.named_parameters() if not ('LayerNorm' in n or n.endswith('bias'))]
