@@ -16,9 +16,9 @@
       cli.run(main, define_flags, tuned_malloc=True)
 
 What every program gets from `run`: absl flags spelt with underscores and
-`--help`; the glibc allocator re-exec of electra_jax.hostmem where the program
-runs training steps; and errors the user can act on as one line, `error: ...`,
-on stderr, with exit status 1 (bad inputs: ValueError, FileNotFoundError,
+`--help`; the glibc allocator re-exec of electra_jax.hostmem where it helps
+(pre-training; fine-tuning on request); and errors the user can act on as one
+line, `error: ...`, on stderr, with exit status 1 (bad inputs: ValueError, FileNotFoundError,
 FloatingPointError, ...) or 2 (bad flags: an unknown flag, a bad value, a
 misspelt `--config.` key, a config file that rejects its argument). Tracebacks
 are for bugs; `--debug` (or ELECTRA_JAX_DEBUG=1) shows them for user errors too.
@@ -154,11 +154,19 @@ def _parser(argv):
 
 
 def run(main: Callable, define_flags: Callable | None = None, *,
-        tuned_malloc: bool = False) -> None:
-  """Runs `main(argv)` as a program: flags, host memory, one-line errors (module docstring)."""
-  if tuned_malloc:
+        tuned_malloc: bool | None = None) -> None:
+  """Runs `main(argv)` as a program: flags, host memory, one-line errors (module docstring).
+
+  tuned_malloc: True = the glibc tunables of electra_jax.hostmem by default (pre-training);
+  False = the system allocator unless ELECTRA_JAX_MALLOC=tuned asks for them (fine-tuning);
+  None = a program without training steps (never).
+  """
+  if tuned_malloc is not None:
     from electra_jax import hostmem  # pylint: disable=g-import-not-at-top
-    hostmem.reexec_with_tuned_malloc()  # before any step runs: see electra_jax/hostmem.py
+    try:  # before any step runs: see electra_jax/hostmem.py
+      hostmem.reexec_with_tuned_malloc(default=tuned_malloc)
+    except ValueError as e:  # a bad ELECTRA_JAX_MALLOC
+      error(e, 2)
   if define_flags is not None:
     before = set(FLAGS)
     define_flags()

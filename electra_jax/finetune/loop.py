@@ -36,6 +36,7 @@ import optax
 from tqdm import tqdm
 
 from electra_jax import configlib
+from electra_jax import membudget
 from electra_jax import optim
 from electra_jax import rundir
 from electra_jax.io import checkpoint
@@ -585,6 +586,12 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
            heads.count_params(state.params), num_steps, epochs, steps_per_epoch,
            config.optimizer.learning_rate, config.optimizer.layerwise_lr_decay)
   train_fn, predict_fn = make_steps(model, tx, schedule, mesh, state_lib.shardings_of(abstract))
+  # Compiled ahead of time per batch shape, each checked against the machine's memory.
+  data_bytes = membudget.nbytes([train_feats.arrays] + [f.arrays for f in eval_feats.values()])
+  train_fn = membudget.Precompiled(train_fn, 'training step', host_bytes=data_bytes,
+                                   key_argnums=(1,))
+  predict_fn = membudget.Precompiled(predict_fn, 'evaluation step', host_bytes=data_bytes,
+                                     key_argnums=(1,))
 
   start.started()  # the inputs are checked: from here on the workdir is this run's
   ran = json.loads(config.to_json_best_effort())

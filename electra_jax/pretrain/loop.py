@@ -29,6 +29,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
+from electra_jax import membudget
 from electra_jax import plot
 from electra_jax import rundir
 from electra_jax import runlog
@@ -355,6 +356,12 @@ def _train(config, workdir, run_start, mesh, model, tokenizer, changes, *, cache
   eval_step = make_eval_step(config, model, mesh, state_lib.shardings_of(abstract))
   eval_rng = jax.random.fold_in(jax.random.key(config.seed), EVAL_RNG_SALT)
   eval_batches = _take(data.eval, t.eval_batches) if t.eval_batches and data.eval else []
+  # Compiled ahead of time, each checked against the machine's memory before it first runs.
+  host_bytes = membudget.nbytes(eval_batches)
+  train_step = membudget.Precompiled(train_step, 'training step', host_bytes=host_bytes,
+                                     key_argnums=(1,))
+  eval_step = membudget.Precompiled(eval_step, 'evaluation step', host_bytes=host_bytes,
+                                    key_argnums=(1, 3))
   if t.eval_batches and not eval_batches:
     logging.warning('no held-out data (data.eval_fraction=%s); periodic evaluation is off',
                     config.data.eval_fraction)
