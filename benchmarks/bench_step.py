@@ -140,6 +140,7 @@ class JaxStep:
     with layers.unrolled_threefry_on_cpu() if fast_rng else contextlib.nullcontext():
       self.compiled = fn.lower(self.state, batch, self.rng).compile()
     self.compile_s = time.perf_counter() - t
+    hostmem.release_free_memory()  # as the training loop does after compiling (membudget)
     cost = _first(self.compiled.cost_analysis()) or {}
     self.xla_flops = float(cost.get('flops', float('nan')))
     mem = self.compiled.memory_analysis()
