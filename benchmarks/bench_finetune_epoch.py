@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from configs import finetune as finetune_config  # noqa: E402
 from electra_jax import sharding  # noqa: E402
+from electra_jax.finetune import inference  # noqa: E402
 from electra_jax.finetune import loop  # noqa: E402
 from electra_jax.finetune.tasks import base  # noqa: E402
 from electra_jax.io import weights  # noqa: E402
@@ -59,7 +60,7 @@ def bench_task(name, args):
   tx, schedule = loop.make_optimizer(c, params_shape, model.cfg.num_layers, steps_per_epoch)
   state, shardings, _, _ = loop.create_state(model, tx, mesh, t.seq_len, jax.random.key(0))
   train_fn, predict_fn = loop.make_steps(model, tx, schedule, mesh, shardings)
-  keys = loop.INPUT_KEYS + heads.LABEL_KEYS[task.kind]
+  keys = inference.INPUT_KEYS + heads.LABEL_KEYS[task.kind]
   arrays = {k: train.arrays[k] for k in keys}
   rng = jax.random.key(1)
   variants = {'before': (t.seq_len,), 'after': base.bucket_lengths(t.seq_len, 4)}
@@ -84,9 +85,9 @@ def bench_task(name, args):
   rows = {}
   for v, buckets in variants.items():
     mean_len = np.mean([b['input_ids'].shape[1] for b in batches[v]])
-    loop.predict(predict_fn, state.params, dev, t.eval_batch_size, mesh, buckets=buckets)
+    inference.predict(predict_fn, state.params, dev, t.eval_batch_size, mesh, buckets=buckets)
     t0 = time.perf_counter()
-    loop.predict(predict_fn, state.params, dev, t.eval_batch_size, mesh, buckets=buckets)
+    inference.predict(predict_fn, state.params, dev, t.eval_batch_size, mesh, buckets=buckets)
     dev_s = time.perf_counter() - t0
     rows[v] = dict(buckets=buckets, median_step_s=statistics.median(times[v]),
                    epoch_s=steps_per_epoch * statistics.mean(times[v]), mean_len=mean_len,

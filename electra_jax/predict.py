@@ -43,6 +43,7 @@ from electra_jax import cli
 from electra_jax import sharding
 from electra_jax import state as state_lib
 from electra_jax.data import tokenizer as tok_lib
+from electra_jax.finetune import inference
 from electra_jax.finetune import loop
 from electra_jax.finetune.tasks import base as task_base
 from electra_jax.finetune.tasks import chunking
@@ -182,7 +183,7 @@ class Predictor:
       return []
     feats = self.task.featurize(examples(self.task, rows), self.tokenizer, self.saved.seq_len,
                                 False)
-    out = loop.predict(self._predict_fn, self.params, feats, self.batch_size, self.mesh,
+    out = inference.predict(self._predict_fn, self.params, feats, self.batch_size, self.mesh,
                         progress=self.progress, buckets=self.buckets)
     return self._format(out, feats)
 

@@ -8,6 +8,7 @@ import pytest
 
 from electra_jax import sharding
 from electra_jax import state as state_lib
+from electra_jax.finetune import inference
 from electra_jax.finetune import loop
 from electra_jax.finetune.tasks import base
 from electra_jax.finetune.tasks import chunking
@@ -85,8 +86,8 @@ def test_bucketed_predict_equals_full_length(task_name, tmp_path):
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
   fn = state_lib.jit(functools.partial(loop.predict_step, model=model), mesh,
                      ('replicated', 'batch'), 'batch')
-  full = loop.predict(fn, params, feats, 8, mesh)
-  bucketed = loop.predict(fn, params, feats, 8, mesh, buckets=base.bucket_lengths(SEQ_LEN, 4))
+  full = inference.predict(fn, params, feats, 8, mesh)
+  bucketed = inference.predict(fn, params, feats, 8, mesh, buckets=base.bucket_lengths(SEQ_LEN, 4))
   assert full.keys() == bucketed.keys()
   real = feats.arrays['input_mask'].astype(bool)
   if 'start_top_index' in full:

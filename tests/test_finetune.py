@@ -12,6 +12,7 @@ from flax import traverse_util
 from configs import finetune as finetune_config
 from electra_jax.io import checkpoint
 from electra_jax.io import finetuned
+from electra_jax.finetune import inference
 from electra_jax.finetune import loop
 from electra_jax.finetune import multiseed
 from electra_jax.io import weights
@@ -186,8 +187,8 @@ def test_predict_pads_last_batch_and_keeps_order(tmp_path):
   mesh = loop.sharding.make_mesh(config.mesh)
   state, shardings, _, _ = loop.create_state(model, tx, mesh, 32, jax.random.key(0))
   _, predict_fn = loop.make_steps(model, tx, schedule, mesh, shardings)
-  a = loop.predict(predict_fn, state.params, feats, 8, mesh)['logits']
-  b = loop.predict(predict_fn, state.params, feats, 16, mesh)['logits']
+  a = inference.predict(predict_fn, state.params, feats, 8, mesh)['logits']
+  b = inference.predict(predict_fn, state.params, feats, 16, mesh)['logits']
   assert a.shape == (20, 2)  # 20 rows from 3 (or 2) padded batches
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   direct = model.apply({'params': jax.device_get(state.params)}, feats.arrays['input_ids'],

@@ -31,12 +31,12 @@ def define_flags():
 def requested_model_keys(config_flag, config) -> dict:
   """{model key: where} asked for on the command line: --config.model.* flags and size=."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from electra_jax.finetune import loop  # pylint: disable=g-import-not-at-top
+  from electra_jax.finetune import resolve  # pylint: disable=g-import-not-at-top
   out = {k.split('.', 1)[1]: f'--config.{k}'
          for k in config_flags.get_override_values(config_flag) if k.startswith('model.')}
   arg = config_flags.get_config_filename(config_flag).partition(':')[2]
   if any(part.split('=')[0].strip() == 'size' for part in arg.split(',') if '=' in part):
-    for k in loop.STRUCTURAL_KEYS:
+    for k in resolve.STRUCTURAL_KEYS:
       if k != 'vocab_size':
         out.setdefault(k, f'size={config.size}')
   return out

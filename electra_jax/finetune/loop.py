@@ -35,7 +35,6 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from electra_jax import configlib
 from electra_jax import membudget
 from electra_jax import optim
 from electra_jax import rundir
@@ -45,7 +44,9 @@ from electra_jax.io import weights
 from electra_jax import runlog
 from electra_jax import sharding
 from electra_jax import state as state_lib
+from electra_jax.finetune import inference
 from electra_jax.finetune import plots
+from electra_jax.finetune import resolve
 from electra_jax.finetune.tasks import base as task_base
 from electra_jax.finetune.tasks import registry
 from electra_jax.models import electra
@@ -53,13 +54,6 @@ from electra_jax.models import heads
 
 log = logging.getLogger(__name__)
 
-INPUT_KEYS = ('input_ids', 'input_mask', 'segment_ids')
-# Per-token outputs [N, L, ...], padded back to the full length after a bucketed batch:
-# span logits with heads.MASK_LOGIT, tagging logits with 0. (The joint span head's beam
-# outputs [N, K], [N, K, K] are not per-token.)
-_SPAN_OUTPUTS = ('start_logits', 'end_logits')
-_TOKEN_OUTPUTS = {'start_logits': heads.MASK_LOGIT, 'end_logits': heads.MASK_LOGIT,
-                  'logits': 0.0}
 # Local on-disk source name of each task family (config.data.source='local').
 _LOCAL_SOURCE = {'classification': 'tsv', 'regression': 'tsv', 'span': 'json',
                  'tagging': 'conll'}
@@ -188,7 +182,7 @@ def create_state(model, tx, mesh, seq_len: int, rng, loaded_params=None):
     return st, shardings, [], []
   shardings = state_lib.shardings(init, tx, mesh)
   params = state_lib.init_params(init, shardings, rng)
-  host, missing, unexpected = merge_params(_to_host(params), loaded_params)
+  host, missing, unexpected = merge_params(inference.to_host(params), loaded_params)
   return state_lib.from_params(host, tx, shardings), shardings, missing, unexpected
 
 
@@ -230,75 +224,6 @@ def make_steps(model, tx, schedule, mesh, shardings):
   return train_fn, predict_fn
 
 
-def _host_rows(batch: dict) -> dict:
-  """This host's contiguous slice of a global batch (all of it on one host)."""
-  n, p = jax.process_count(), jax.process_index()
-  if n == 1:
-    return batch
-  size = len(next(iter(batch.values()))) // n
-  return {k: v[p * size:(p + 1) * size] for k, v in batch.items()}
-
-
-def _to_host(tree):
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def predict(predict_fn, params, features: task_base.Features, batch_size: int, mesh,
-            progress: bool = False, buckets=None) -> dict:
-  """Head outputs for every feature, in order: name -> np.ndarray [N, ...].
-
-  The last batch is zero-padded (weights 0) and the padding rows are dropped,
-  so no example is lost and none is counted twice. progress: a tqdm bar over batches.
-  buckets (task_base.bucket_lengths): rows run sorted by length in batches cut to their
-  bucket's length; per-token outputs come back padded to the full length (start / end
-  logits with the model's padding logit, tagging logits with 0), in the original order.
-  """
-  arrays = {k: features.arrays[k] for k in INPUT_KEYS}
-  seq_len = arrays['input_ids'].shape[1]
-  order = None
-  if buckets is not None and len(buckets) > 1:
-    order, batches = task_base.bucketed_eval_batches(arrays, batch_size, buckets)
-  else:
-    batches = task_base.eval_batches(arrays, batch_size)
-  if progress and jax.process_index() == 0:
-    batches = tqdm(batches, total=-(-len(features) // batch_size), unit='batch',
-                   dynamic_ncols=True, mininterval=1.0)
-  chunks: dict[str, list] = {}
-  for batch in batches:
-    row_weights = batch.pop('weights')
-    out = _to_host(predict_fn(params, sharding.global_batch(_host_rows(batch), mesh)))
-    real = row_weights > 0
-    for k, v in out.items():
-      v = np.asarray(v)[real]
-      per_token = k in _SPAN_OUTPUTS or (k == 'logits' and v.ndim == 3)  # tagging: [N, L, T]
-      if per_token and v.shape[1] < seq_len:
-        pad = [(0, 0), (0, seq_len - v.shape[1])] + [(0, 0)] * (v.ndim - 2)
-        v = np.pad(v, pad, constant_values=_TOKEN_OUTPUTS[k])
-      chunks.setdefault(k, []).append(v)
-  out = {k: np.concatenate(v) for k, v in chunks.items()}
-  if order is not None:
-    unsorted = {}
-    for k, v in out.items():
-      unsorted[k] = np.empty_like(v)
-      unsorted[k][order] = v
-    out = unsorted
-  return out
-
-
-def task_predictions(task, outputs: dict):
-  """Model outputs -> the `predictions` argument of task.compute_metrics."""
-  if task.kind == 'classification':
-    return outputs['logits']
-  if task.kind == 'regression':
-    return outputs['predictions']
-  if task.kind == 'span':
-    return outputs
-  return outputs['logits']
-
-
 def _check_batch_size(name: str, batch_size: int, mesh):
   shards = mesh.shape['data'] * mesh.shape['fsdp']
   if batch_size % shards:
@@ -324,88 +249,6 @@ class _NoWriter:
 
 
 # --------------------------------------------------------------------------- the loop
-
-
-def load_tokenizer(config, checkpoint: weights.Pretrained | None):
-  return weights.load_tokenizer(config.data.vocab, checkpoint, config.data.lowercase)
-
-
-# config.model keys that fix the parameter shapes. Starting from a checkpoint, its values are
-# used; a different value asked for (a --config.model.* override, or size=) is refused.
-# (io.weights.STRUCTURE without the generator's: fine-tuning loads the discriminator alone.)
-STRUCTURAL_KEYS = tuple(k for k in weights.STRUCTURE
-                        if k not in ('generator_fraction', 'generator_layers', 'sharing'))
-# How the model runs, not what it holds: the fine-tuning config's values are always applied.
-RUNTIME_KEYS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'matmul_dtype',
-                'attention_impl', 'remat')
-# Every other key (layer_norm_eps, initializer_range, the generator's and sharing keys) is
-# the checkpoint's unless asked for explicitly, which is then applied.
-
-
-def default_model(size: str) -> dict:
-  """config.model of configs/finetune.py for `size` before any override (vocab_size 0)."""
-  d = {f.name: f.default for f in dataclasses.fields(electra.ModelConfig)
-       if f.default is not dataclasses.MISSING}
-  d.update({k: v for k, v in configlib.size_table(size).items()
-            if k in ('num_layers', 'hidden_size', 'intermediate_size', 'num_heads',
-                     'embedding_size', 'generator_fraction')})
-  d['vocab_size'] = 0
-  return d
-
-
-def requested_model_keys(config) -> dict:
-  """{key: where} of the model keys a config asks for: those off the size's defaults.
-
-  The command line knows better (its --config.model.* flags and whether size= was given);
-  electra_jax.finetune passes that instead.
-  """
-  defaults = default_model(config.size)
-  return {k: 'the config' for k, v in dict(config.model).items()
-          if k in defaults and v != defaults[k]}
-
-
-def resolve_model(config, ckpt: weights.Pretrained | None, tokenizer,
-                  requested: dict | None = None) -> dict:
-  """The config.model that runs, as a dict (see STRUCTURAL_KEYS and RUNTIME_KEYS).
-
-  requested: {key: where it was asked for, e.g. '--config.model.hidden_size' or 'size=base'};
-  None = `requested_model_keys(config)`.
-  """
-  requested = requested_model_keys(config) if requested is None else requested
-  asked = dict(config.model)
-  if ckpt is None or ckpt.model_config is None:
-    model = dict(asked)
-  else:
-    have = dict(ckpt.model_config)
-    model = {**asked, **have}
-    for k in RUNTIME_KEYS:
-      model[k] = asked[k]
-    refused = []
-    for k, where in sorted(requested.items()):
-      if k in RUNTIME_KEYS or k not in asked:
-        continue
-      if k in STRUCTURAL_KEYS:
-        if k == 'vocab_size' and not asked[k]:
-          continue
-        if k in have and asked[k] != have[k]:
-          refused.append(f'model.{k}={asked[k]} ({where}) but the checkpoint has {have[k]}')
-      else:
-        model[k] = asked[k]
-    if refused:
-      raise ValueError(f'train.init_from {ckpt.path} fixes the model\'s sizes and vocab: '
-                       + '; '.join(refused) + '. Drop these settings to fine-tune it as it is, '
-                       "or train from random init (--config.train.init_from='')")
-  if not model['vocab_size']:
-    model['vocab_size'] = tokenizer.vocab_size
-  if model['vocab_size'] != tokenizer.vocab_size:
-    raise ValueError(f'model vocab_size={model["vocab_size"]} but the vocab '
-                     f'{getattr(tokenizer, "name", None) or config.data.vocab or "of the checkpoint"}'
-                     f' has {tokenizer.vocab_size} tokens')
-  if config.train.seq_len > model['max_position_embeddings']:
-    raise ValueError(f'train.seq_len={config.train.seq_len} is longer than the '
-                     f'model\'s max_position_embeddings={model["max_position_embeddings"]}; '
-                     'lower train.seq_len')
-  return model
 
 
 def check_train_config(config) -> None:
@@ -478,14 +321,14 @@ class Run:
 
 def prepare(config, requested: dict | None = None) -> Run:
   """Reads the task, the starting weights, the vocab and the data; ValueError or
-  FileNotFoundError naming the bad value. Writes nothing. `requested`: see resolve_model."""
+  FileNotFoundError naming the bad value. Writes nothing. `requested`: see resolve.resolve_model."""
   t = config.train
   check_train_config(config)
   task = build_task(config)
   ckpt = weights.load(t.init_from) if t.init_from else None
-  tokenizer = load_tokenizer(config, ckpt)
+  tokenizer = resolve.load_tokenizer(config, ckpt)
 
-  model_dict = resolve_model(config, ckpt, tokenizer, requested)
+  model_dict = resolve.resolve_model(config, ckpt, tokenizer, requested)
   model_cfg = electra.ModelConfig.from_config(model_dict)
   model = build_model(model_cfg, task, config)
 
@@ -519,7 +362,7 @@ def finetune_and_evaluate(config, workdir: str, requested: dict | None = None, *
   'step': step} without writing results. The workdir is locked for the run; everything is
   checked (`prepare`: task, weights, vocab, data, resume compatibility) before anything is
   written, so a refused start leaves the workdir as it was. config.json records the model
-  that ran (see `resolve_model` for which keys a checkpoint fixes).
+  that ran (see `resolve.resolve_model` for which keys a checkpoint fixes).
   """
   t_start = time.time()
   workdir = rundir.check_workdir(workdir)
@@ -602,7 +445,7 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
       (workdir / 'metrics.jsonl').unlink(missing_ok=True)
   jsonl = runlog.JsonlWriter(workdir / 'metrics.jsonl') if is_writer() else _NoWriter()
   tb = runlog.TensorBoard(workdir)
-  train_keys = INPUT_KEYS + heads.LABEL_KEYS[task.kind]
+  train_keys = inference.INPUT_KEYS + heads.LABEL_KEYS[task.kind]
   train_arrays = {k: train_feats.arrays[k] for k in train_keys}
   main = task.main_metric
   last_outputs, pending, preempted, t_train = {}, [], None, time.time()
@@ -641,7 +484,7 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
             continue  # the batches the checkpoint's state has already seen
           if step >= num_steps:
             break
-          state, metrics = train_fn(state, sharding.global_batch(_host_rows(batch), mesh),
+          state, metrics = train_fn(state, sharding.global_batch(inference.host_rows(batch), mesh),
                                     dropout_rng)
           pending.append(metrics)
           step += 1
@@ -663,10 +506,10 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
         flush(epoch)
         record = {'epoch': epoch + 1, 'step': step}
         for split, feats in eval_feats.items():
-          outputs = predict(predict_fn, state.params, feats, t.eval_batch_size, mesh,
+          outputs = inference.predict(predict_fn, state.params, feats, t.eval_batch_size, mesh,
                             buckets=buckets)
           last_outputs[split] = outputs
-          record[split] = task.compute_metrics(task_predictions(task, outputs), feats)
+          record[split] = task.compute_metrics(inference.task_predictions(task, outputs), feats)
           runlog.console(f'epoch {epoch + 1} {task.name}/{split}: {_fmt(record[split])}', bar)
           tb.write(step, record[split], f'dev_{split}')
         jsonl.write(record)
@@ -690,7 +533,7 @@ def _train(config, workdir: Path, run: Run, start: rundir.RunStart, progress: bo
   for split, feats in eval_feats.items():
     if task.kind == 'span':  # The answers behind the final SQuAD scores.
       # Every process predicts when needed (a collective); process 0 writes.
-      outputs = last_outputs.get(split) or predict(predict_fn, state.params, feats,
+      outputs = last_outputs.get(split) or inference.predict(predict_fn, state.params, feats,
                                                    t.eval_batch_size, mesh, buckets=buckets)
       preds, na_scores, _ = task.postprocess(feats, outputs)
       if is_writer():
@@ -744,12 +587,12 @@ def write_test_predictions(task, config, tokenizer, predict_fn, params, mesh, wo
         raise
       log.warning('no %s/%s data, no leaderboard file: %s', task.name, split, e)
       continue
-    outputs = predict(predict_fn, params, feats, config.train.eval_batch_size, mesh,
+    outputs = inference.predict(predict_fn, params, feats, config.train.eval_batch_size, mesh,
                       buckets=task_base.bucket_lengths(config.train.seq_len,
                                                        config.train.length_buckets))
     if not is_writer():  # every process predicts (a collective); process 0 writes
       continue
-    path = task.write_test_predictions(task_predictions(task, outputs), feats.examples,
+    path = task.write_test_predictions(inference.task_predictions(task, outputs), feats.examples,
                                        workdir / 'test_predictions', split)
     log.info('wrote %s (%d rows)', path, len(feats.examples))
     files.append(path)
