@@ -1,6 +1,6 @@
 r"""ELECTRA pre-training: one config, sizes tiny / small / base / large.
 
-Quickstart (2-core CPU, about 10 minutes, offline data that ships with Python):
+Quickstart (2-core CPU, about 6 minutes, offline data that ships with Python):
   python -m electra_jax.main --config=configs/pretrain.py:tiny --workdir=runs/tiny
 
 ELECTRA-Small as in the paper (1M steps, batch 128 x 128; 4 days on one V100,
