@@ -136,14 +136,8 @@ def plot(results: list[dict], root: Path) -> list[Path]:
   ax.minorticks_off()
   ticks = [lo * (hi / lo) ** (i / 4) for i in range(5)]
   ax.set_xticks(ticks, [f'{t:.2g}' for t in ticks])
-  ax.set_xlabel('pre-training FLOPs')
-  ax.set_ylabel('GLUE dev score (mean of task medians)')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  out.append(root / 'glue_vs_flops.png')
-  fig.savefig(out[-1], dpi=120)
-  plt.close(fig)
+  out.append(_finish(fig, ax, 'pre-training FLOPs', 'GLUE dev score (mean of task medians)',
+                     root / 'glue_vs_flops.png'))
   groups = sorted({(r['objective'], r['sharing']) for r in scored})
   fractions = lambda g: {r['generator_fraction'] for r in scored
                          if (r['objective'], r['sharing']) == g}
@@ -153,15 +147,22 @@ def plot(results: list[dict], root: Path) -> list[Path]:
       pts = sorted((r['generator_fraction'], r['glue']) for r in scored
                    if (r['objective'], r['sharing']) == (obj, sharing))
       ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', label=f'{obj} ({sharing})')
-    ax.set_xlabel('generator size (fraction of the discriminator hidden size)')
-    ax.set_ylabel('GLUE dev score')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.append(root / 'glue_vs_generator_size.png')
-    fig.savefig(out[-1], dpi=120)
-    plt.close(fig)
+    out.append(_finish(fig, ax, 'generator size (fraction of the discriminator hidden size)',
+                       'GLUE dev score', root / 'glue_vs_generator_size.png'))
   return out
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
+  """Labels, grid and legend on `ax`; saves `fig` to `path` and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
 
 
 def report(root: Path, trials) -> list[dict]:
