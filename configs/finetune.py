@@ -7,8 +7,10 @@ r"""Fine-tuning on GLUE, SQuAD 1.1 / 2.0 and CoNLL-2000 chunking (the paper's re
 Arguments (`configs/finetune.py:k=v,k=v`):
   task      cola | sst2 | mrpc | stsb | qqp | mnli | qnli | rte | wnli | squad1 | squad2
             | chunk                                             (a bare word sets it)
-  size      tiny | small | base | large: model shape for random init (a checkpoint's
-            own config wins) and the recipe's lr / layer decay for that size
+  size      tiny | small | base | large: model shape for random init and the recipe's
+            lr / layer decay for that size. With a checkpoint, size= given must match
+            its shape (refused otherwise); leave it out for a checkpoint of another
+            shape and set the rate (--config.optimizer.learning_rate)
   vocab     '' (the checkpoint's vocab.txt) | a path to a vocab.txt (e.g. BERT uncased) |
             builtin (the 8192-token vocab of the `tiny` pre-training quickstart)
   init      shortcut for --config.train.init_from

@@ -12,9 +12,13 @@ cd "$(dirname "$0")/../.."   # the repository root
 DATA=${DATA:-../shared/data}
 out=${GLUE_DIR:-/work/exp/glue}/$name
 mkdir -p "$out"
+# size=tiny / the vocab only for random init: a checkpoint brings its own shape and vocab
+# (size= would have to match it); the tiny recipe's rate is given explicitly for both.
+[ -z "$init" ] && shape=",size=tiny,vocab=$DATA/vocab/bert-base-uncased-vocab.txt" || shape=''
 for task in ${TASKS:-rte mrpc stsb cola}; do
   python -m electra_jax.finetune \
-    --config=configs/finetune.py:task=$task,size=tiny,vocab=$DATA/vocab/bert-base-uncased-vocab.txt,num_seeds=${SEEDS:-3} \
+    --config=configs/finetune.py:task=$task$shape,num_seeds=${SEEDS:-3} \
+    --config.optimizer.learning_rate=1e-3 \
     --workdir="$out/$task" --noprogress --config.train.init_from="$init" \
     --config.data.data_dir=$DATA/glue --config.data.test_splits='' \
     "$@" >> "$out/$task.log" 2>&1 || echo "$task failed: see $out/$task.log"
