@@ -8,9 +8,11 @@ reference is one process with the same global device count.
 
 Pre-training tests share one configuration (the tiny runlocal config shrunk further, see
 runtime_util.overrides, to one layer; 40 steps, a loss logged every step, a checkpoint every
-10), one data cache built once per session, and the session's uninterrupted runs. Every
-wait has a bound; a run that overstays it is killed and its logs are shown. `pytest -m
-multihost` runs only these; `-m 'not multihost'` skips them.
+10), one data cache built once per session, and the session's runs: the uninterrupted ones,
+and one resumed across process counts and preempted on the way. A process costs ~30 s of CPU
+(imports, compiling), so each run is checked for all it can show. Every wait has a bound; a
+run that overstays it is killed and its logs are shown. `pytest -m multihost` runs only
+these; `-m 'not multihost'` skips them.
 """
 
 from __future__ import annotations
@@ -140,11 +142,14 @@ def distributed_flags(nproc: int) -> list[list[str]]:
 
 
 def launch_main(workdir: Path, corpus_files, nproc: int, local_devices: int,  # noqa: F811
-                owned_by_test: bool = True, **overrides) -> Procs:
-  """`python -m electra_jax.main` as `nproc` processes of `local_devices` CPU devices each."""
+                owned_by_test: bool = True, log_stem: Path | None = None, **overrides) -> Procs:
+  """`python -m electra_jax.main` as `nproc` processes of `local_devices` CPU devices each.
+
+  The logs go to `log_stem`.p{i}.log (default: beside the workdir, named after it).
+  """
   base = runtime_util.main_args(workdir, corpus_files, **{**RUN, **overrides})
   return Procs([base + d for d in distributed_flags(nproc)], env(local_devices, nproc),
-               workdir, owned_by_test)
+               log_stem or workdir, owned_by_test)
 
 
 def last_step(procs: Procs, workdir: Path) -> int:
@@ -255,13 +260,14 @@ def data_cache(corpus):  # noqa: F811
 class Runs:
   """The session's uninterrupted runs of the shared configuration, all started at once.
 
-  (processes, devices per process, fsdp): 2 x 1 and 1 x 2 (data parallel), 2 x 2 and
-  1 x 4 (FSDP over 2 devices). Running side by side they fill the cores while a second
-  process compiles (process 1 never hits the persistent compilation cache: its key
-  differs from process 0's, and only process 0 writes the cache).
+  (processes, devices per process, fsdp): 1 x 2 (data parallel: the reference of the
+  resume, preemption, failure and fine-tuning tests), 2 x 2 and 1 x 4 (FSDP over each
+  process's 2 devices, data parallel across the processes). Running side by side they
+  fill the cores while a second process compiles (process 1 never hits the persistent
+  compilation cache: its key differs from process 0's, and only process 0 writes the cache).
   """
 
-  KEYS = ((2, 1, 1), (1, 2, 1), (2, 2, 2), (1, 4, 2))
+  KEYS = ((1, 2, 1), (2, 2, 2), (1, 4, 2))
 
   def __init__(self, corpus_files, root: Path):
     self.runs = {k: launch_main(self._workdir(root, *k), corpus_files, k[0], k[1],
@@ -302,76 +308,110 @@ def runs(corpus, data_cache, tmp_path_factory):  # noqa: F811
 # ----------------------------------------------------------------------------- 1. equivalence
 
 
-@pytest.mark.parametrize('local_devices,fsdp', [(1, 1), (2, 2)], ids=['2x1', '2x2-fsdp'])
-def test_two_processes_equal_one_with_the_same_devices(runs, local_devices, fsdp):
-  """2 processes x D devices == 1 process x 2D devices: per-step losses and final params."""
-  multi = runs.get(2, local_devices, fsdp)
-  single = runs.get(1, 2 * local_devices, fsdp)
+def test_two_processes_equal_one_with_the_same_devices(runs):
+  """2 processes x 2 devices == 1 process x 4 devices: per-step losses and final params.
+
+  FSDP over each process's 2 devices, data parallel across the processes: the gradients
+  and the loader's batches cross processes as in plain data parallel, and the parameters
+  are sharded too. Plain data parallel, 2 x 1 == 1 x 2, is checked from a checkpoint on
+  (test_resume_on_a_different_process_count) and from the start (the runs of
+  test_sigkill_of_one_process_fails_the_other_promptly, at their last checkpoint).
+  """
+  multi, single = runs.get(2, 2, 2), runs.get(1, 4, 2)
   loss_diff = assert_same_losses(metrics(multi), metrics(single), range(1, NUM_STEPS + 1))
   param_diff = assert_same_params(exported(multi), exported(single))
-  report(f'2 proc x {local_devices} dev vs 1 proc x {2 * local_devices} dev, fsdp={fsdp}: '
-         f'max rel loss diff {loss_diff:.3g} over {NUM_STEPS} steps, '
-         f'max abs param diff {param_diff:.3g}')
+  report(f'2 proc x 2 dev vs 1 proc x 4 dev, fsdp=2: max rel loss diff {loss_diff:.3g} over '
+         f'{NUM_STEPS} steps, max abs param diff {param_diff:.3g}')
   # Every process saved the same (global) loader position with every checkpoint.
   rec = loader_record(multi, NUM_STEPS)
   assert rec['process_count'] == 2
   assert [s['step'] for s in rec['states']] == [NUM_STEPS, NUM_STEPS]
 
 
-# ----------------------------------------------------------------------------- 2. resume
+# ------------------------------------------------------------------------ 2-3. resume, preemption
 
 
-def test_resume_on_a_different_process_count(runs, corpus, tmp_path):  # noqa: F811
-  """Checkpoints written by 2 processes resume in 1, and by 1 in 2; the losses go on alike.
+class Chain:
+  """The uninterrupted 1 x 2 run's checkpoint at step CKPT_EVERY, resumed by 2 processes x 1
+  device, SIGTERM to process 1 only a few steps later, then resumed by 1 process x 2 devices
+  to the end: a resume in each direction, and a preemption, in 3 processes."""
 
-  Both directions keep 2 devices in all (2 x 1, 1 x 2) and run side by side.
-  """
-  reference = runs.get(1, 2)
-  directions = {(2, 1): runs.get(2, 1), (1, 2): reference}  # (saved by, resumed by): source
-  resumes = {}
-  for (saved_by, resumed_by), source in directions.items():
-    wd = copy_until(source, tmp_path / f'{saved_by}to{resumed_by}', CKPT_EVERY)
-    rec = loader_record(wd, CKPT_EVERY)
-    assert rec['process_count'] == saved_by
-    assert [s['step'] for s in rec['states']] == [CKPT_EVERY] * saved_by
-    resumes[saved_by, resumed_by] = (wd, launch_main(wd, corpus, resumed_by, 2 // resumed_by))
-  for (saved_by, resumed_by), (wd, procs) in resumes.items():
-    procs.wait_ok()
-    assert resumed_from(procs.log(0)) == CKPT_EVERY
-    got = metrics(wd)
-    assert sorted(got) == list(range(1, NUM_STEPS + 1))
-    loss_diff = assert_same_losses(got, metrics(reference),
-                                   range(CKPT_EVERY + 1, NUM_STEPS + 1))
-    param_diff = assert_same_params(exported(wd), exported(reference))
-    # Every process of the new run went on from the restored (global) loader position.
-    rec = loader_record(wd, NUM_STEPS)
-    assert rec['process_count'] == resumed_by
-    assert [s['step'] for s in rec['states']] == [NUM_STEPS] * resumed_by
-    report(f'resume {saved_by} -> {resumed_by} proc from step {CKPT_EVERY}: max rel loss '
-           f'diff {loss_diff:.3g} (steps {CKPT_EVERY + 1}-{NUM_STEPS}), max abs param diff '
-           f'{param_diff:.3g}')
+  def __init__(self, runs, corpus_files, root: Path):
+    self.reference = runs.get(1, 2)
+    self.wd = copy_until(self.reference, root / 'chain', CKPT_EVERY)
+    self.saved_by_one = loader_record(self.wd, CKPT_EVERY)
+    self.two = launch_main(self.wd, corpus_files, 2, 1, owned_by_test=False)
+    try:
+      wait_for_step(self.two, self.wd, CKPT_EVERY + 3)
+      self.two.procs[1].send_signal(signal.SIGTERM)
+      self.two.wait_ok(timeout=120)
+    finally:
+      self.two.kill()
+    # The workdir as the preempted run left it (the resume below adds to it).
+    self.preempted = root / 'preempted'
+    shutil.copytree(self.wd, self.preempted)
+    self.one = launch_main(self.wd, corpus_files, 1, 2, owned_by_test=False,
+                           log_stem=root / 'resumed')
+    try:
+      self.one.wait_ok()
+    finally:
+      self.one.kill()
 
 
-# ----------------------------------------------------------------------------- 3. preemption
+@pytest.fixture(scope='session')
+def chain(runs, corpus, tmp_path_factory):  # noqa: F811
+  return Chain(runs, corpus, tmp_path_factory.mktemp('multihost_chain'))
 
 
-def test_sigterm_to_one_process_stops_all_at_one_step(runs, corpus, tmp_path):  # noqa: F811
-  """SIGTERM to process 1 only: both stop after the same step, save it once, exit 0."""
-  reference = runs.get(1, 2)
-  wd = tmp_path / 'run'
-  procs = launch_main(wd, corpus, 2, 1)
-  wait_for_step(procs, wd, CKPT_EVERY + 2)
-  procs.procs[1].send_signal(signal.SIGTERM)
-  procs.wait_ok(timeout=120)
-
+def preemption_step(procs: Procs) -> int:
+  """The step after which every process of `procs` stopped (each says so once)."""
   stops = []
-  for i in range(2):
-    line = [l for l in procs.log(i).splitlines() if f'process {i} of 2: preemption' in l]
+  for i in range(len(procs.procs)):
+    line = [l for l in procs.log(i).splitlines()
+            if f'process {i} of {len(procs.procs)}: preemption' in l]
     assert len(line) == 1, procs.tails()
     stops.append(int(line[0].rsplit('stopped after step ', 1)[1]))
-  step = stops[0]
-  assert stops == [step, step]
-  assert CKPT_EVERY + 2 <= step < NUM_STEPS, f'stopped at {step}; the preemption came too late'
+  assert stops == [stops[0]] * len(stops), stops
+  return stops[0]
+
+
+def test_resume_on_a_different_process_count(chain):
+  """Checkpoints written by 1 process resume in 2, and by 2 in 1; the losses go on alike.
+
+  Both directions keep 2 devices in all (1 x 2, 2 x 1): the chain of runs of Chain.
+  """
+  reference, step = chain.reference, preemption_step(chain.two)
+  # 1 -> 2, from the reference's periodic checkpoint.
+  assert chain.saved_by_one['process_count'] == 1
+  assert [s['step'] for s in chain.saved_by_one['states']] == [CKPT_EVERY]
+  assert resumed_from(chain.two.log(0)) == CKPT_EVERY
+  got = metrics(chain.preempted)
+  assert sorted(got) == list(range(1, step + 1))
+  loss_diff = assert_same_losses(got, metrics(reference), range(CKPT_EVERY + 1, step + 1))
+  # Every process of the new run went on from the restored (global) loader position.
+  rec = loader_record(chain.preempted, step)
+  assert rec['process_count'] == 2
+  assert [s['step'] for s in rec['states']] == [step, step]
+  report(f'resume 1 -> 2 proc from step {CKPT_EVERY}: max rel loss diff {loss_diff:.3g} '
+         f'(steps {CKPT_EVERY + 1}-{step})')
+  # 2 -> 1, from the checkpoint the 2 processes saved when preempted.
+  assert resumed_from(chain.one.log(0)) == step
+  got = metrics(chain.wd)
+  assert sorted(got) == list(range(1, NUM_STEPS + 1))
+  loss_diff = assert_same_losses(got, metrics(reference), range(step + 1, NUM_STEPS + 1))
+  param_diff = assert_same_params(exported(chain.wd), exported(reference))
+  rec = loader_record(chain.wd, NUM_STEPS)
+  assert rec['process_count'] == 1
+  assert [s['step'] for s in rec['states']] == [NUM_STEPS]
+  report(f'resume 2 -> 1 proc from step {step}: max rel loss diff {loss_diff:.3g} (steps '
+         f'{step + 1}-{NUM_STEPS}), max abs param diff {param_diff:.3g}')
+
+
+def test_sigterm_to_one_process_stops_all_at_one_step(chain):
+  """SIGTERM to process 1 only: both stop after the same step, save it once, exit 0."""
+  reference, wd, procs = chain.reference, chain.preempted, chain.two
+  step = preemption_step(procs)
+  assert CKPT_EVERY + 3 <= step < NUM_STEPS, f'stopped at {step}; the preemption came too late'
   assert f'preemption: saved a checkpoint at step {step}' in procs.log(0)
   # One checkpoint of that step, complete and consistent: no temporary directory left.
   assert checkpoint_steps(wd)[-1] == step
@@ -384,12 +424,11 @@ def test_sigterm_to_one_process_stops_all_at_one_step(runs, corpus, tmp_path):  
   assert max(metrics(wd)) == step
   assert_same_losses(metrics(wd), metrics(reference), range(1, step + 1))
 
-  # Resume (here in one process with the same 2 devices) and finish: as if never stopped.
-  resumed = launch_main(wd, corpus, 1, 2)
-  resumed.wait_ok()
-  assert resumed_from(resumed.log(0)) == step
-  loss_diff = assert_same_losses(metrics(wd), metrics(reference), range(step + 1, NUM_STEPS + 1))
-  param_diff = assert_same_params(exported(wd), exported(reference))
+  # Resumed (in one process with the same 2 devices) and finished: as if never stopped.
+  assert resumed_from(chain.one.log(0)) == step
+  loss_diff = assert_same_losses(metrics(chain.wd), metrics(reference),
+                                 range(step + 1, NUM_STEPS + 1))
+  param_diff = assert_same_params(exported(chain.wd), exported(reference))
   report(f'preempted at step {step}, resumed: max rel loss diff {loss_diff:.3g}, '
          f'max abs param diff {param_diff:.3g}')
 
