@@ -1,11 +1,11 @@
 r"""Input-pipeline speed: example builder tokens/s and loader batches/s.
 
-    python benchmarks/bench_data.py                       # enwiki sample + BERT vocab from ../shared/data
+    python benchmarks/bench_data.py                       # enwiki sample + BERT vocab from $ELECTRA_JAX_DATA
     python benchmarks/bench_data.py --input 'corpus/*.txt' --vocab vocab.txt --num_workers 2
     python benchmarks/bench_data.py --measure_step        # also time a real ELECTRA-Small step
 
 Builder: `electra_jax.data.corpus.build_pretraining_data` on the corpus (default:
-../shared/data/corpus/enwiki-2015-wikiextractor-sample, else builtin:python-docs), wall time of
+$ELECTRA_JAX_DATA/corpus/enwiki-2015-wikiextractor-sample, else builtin:python-docs), wall time of
 the whole build (reading, tokenizing, packing, writing shards). tokens/s counts the WordPiece
 tokens the tokenizer produced from the text (before packing/truncation). The CPU time of the
 build (this process + its workers) is printed too: on a shared machine the wall-clock rate
@@ -37,7 +37,7 @@ from electra_jax.data import loader as loader_lib  # noqa: E402
 from electra_jax.data import corpus  # noqa: E402
 from electra_jax.data import tokenizer as tok_lib  # noqa: E402
 
-SHARED = REPO.parent / 'shared' / 'data'
+SHARED = Path(os.environ.get('ELECTRA_JAX_DATA') or REPO / 'data')  # the public data root
 ENWIKI = SHARED / 'corpus' / 'enwiki-2015-wikiextractor-sample'
 BERT_VOCAB = SHARED / 'vocab' / 'bert-base-uncased-vocab.txt'
 

@@ -13,7 +13,7 @@ Arguments (`glue_seeds.py:k=v,...`): init (required: an export dir, a pre-traini
 workdir or a Hugging Face ELECTRA dir), size (small: the recipe's learning rate
 and layer decay, configs/finetune.py), tasks ('+'-separated; the eight GLUE tasks
 of the paper's score), num_seeds (10), seed (0: the first seed), data (the
-shared/data root; GLUE TSVs in <data>/glue).
+public data root, default $ELECTRA_JAX_DATA; GLUE TSVs in <data>/glue).
 """
 
 from configs.ablations import common

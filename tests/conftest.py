@@ -33,12 +33,15 @@ def _compilation_cache():
 
 _compilation_cache()
 
-SHARED_DATA = REPO.parent / 'shared' / 'data'
+# The public data (GLUE TSVs, SQuAD, the Wikipedia sample, the BERT vocab, CoNLL-2000) for
+# the optional tests on real data: its root in ELECTRA_JAX_DATA; they skip without it.
+DATA_ROOT = Path(os.environ.get('ELECTRA_JAX_DATA') or REPO / 'data')
+SHARED_DATA = DATA_ROOT
 
 
 @pytest.fixture
 def shared_data():
-  """Path to ../shared/data (real public datasets); skips when absent."""
+  """The public data root (ELECTRA_JAX_DATA); skips when absent."""
   if not SHARED_DATA.is_dir():
     pytest.skip(f'{SHARED_DATA} not present')
   return SHARED_DATA

@@ -1,13 +1,13 @@
 """CoNLL-2000 chunking: reader, first-sub-token features, word-level predictions, span F1."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from electra_jax.finetune.tasks import chunking, registry
 
-DATA = Path(__file__).parents[1].parent / 'shared' / 'data'
+import conftest
+
+DATA = conftest.DATA_ROOT  # ELECTRA_JAX_DATA
 
 SAMPLE = """Confidence NN B-NP
 in IN B-PP
@@ -114,7 +114,7 @@ def test_bad_rows_name_file_and_line(tmp_path):
     registry.get_task('chunk').load_examples('tfds', 'test', tmp_path)
 
 
-@pytest.mark.skipif(not (DATA / 'conll2000').exists(), reason='no ../shared/data/conll2000')
+@pytest.mark.skipif(not (DATA / 'conll2000').exists(), reason='no ELECTRA_JAX_DATA/conll2000')
 def test_real_files():
   task = registry.get_task('chunk')
   d = DATA / 'conll2000'

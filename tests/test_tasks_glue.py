@@ -1,14 +1,14 @@
 """GLUE readers (TSV and local TFDS), featurization, metrics, test writer, batching."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import sklearn.metrics
 
 from electra_jax.finetune.tasks import base, glue, registry
 
-DATA = Path(__file__).parents[1].parent / 'shared' / 'data'
+import conftest
+
+DATA = conftest.DATA_ROOT  # ELECTRA_JAX_DATA
 
 
 class FakeTokenizer:
@@ -42,7 +42,7 @@ _COUNTS = [('cola', 'train', 8551), ('cola', 'dev', 1043), ('cola', 'test', 1063
            ('qnli', 'test', 5463), ('mnli', 'ax', 1104)]
 
 
-@pytest.mark.skipif(not (DATA / 'glue').exists(), reason='no ../shared/data/glue')
+@pytest.mark.skipif(not (DATA / 'glue').exists(), reason='no ELECTRA_JAX_DATA/glue')
 @pytest.mark.parametrize('name,split,count', _COUNTS)
 def test_real_tsv_row_counts(name, split, count):
   exs = registry.get_task(name).load_examples('tsv', split, DATA / 'glue')
@@ -52,7 +52,7 @@ def test_real_tsv_row_counts(name, split, count):
   assert all((e.label is None) == unlabeled for e in exs)
 
 
-@pytest.mark.skipif(not (DATA / 'glue').exists(), reason='no ../shared/data/glue')
+@pytest.mark.skipif(not (DATA / 'glue').exists(), reason='no ELECTRA_JAX_DATA/glue')
 def test_real_tsv_label_distributions():
   root = DATA / 'glue'
   cola = glue.GLUE_TASKS['cola'].load_examples('tsv', 'train', root)

@@ -3,7 +3,6 @@
 import collections
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,9 @@ import pytest
 from electra_jax.finetune.tasks import metrics
 from electra_jax.finetune.tasks import registry, squad
 
-DATA = Path(__file__).parents[1].parent / 'shared' / 'data'
+import conftest
+
+DATA = conftest.DATA_ROOT  # ELECTRA_JAX_DATA
 
 
 class FakeWordPiece:

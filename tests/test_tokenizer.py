@@ -10,7 +10,9 @@ import pytest
 from electra_jax.data import tokenizer as tok_lib
 from electra_jax.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, train_wordpiece
 
-SHARED = Path(__file__).parents[1].parent / 'shared' / 'data'
+import conftest
+
+SHARED = conftest.DATA_ROOT  # ELECTRA_JAX_DATA
 BERT_VOCAB = SHARED / 'vocab' / 'bert-base-uncased-vocab.txt'
 
 _FIXED = [

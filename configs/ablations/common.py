@@ -4,13 +4,14 @@
 configs/pretrain.get_config: BERT runs MLM on one discriminator-sized tower
 (sharing='all', generator_fraction=1), the MLM-style discriminator losses use
 disc_weight=1 (50 is tuned for the binary loss), two-stage needs equal tower
-sizes and a stage length. Data paths default to ../shared/data beside the
-checkout (the enwiki sample and the BERT vocab); pass data=/path to point
-elsewhere.
+sizes and a stage length. Data paths are under the public data root (the
+enwiki sample in corpus/, the BERT vocab in vocab/, GLUE in glue/): data=/path,
+else the ELECTRA_JAX_DATA environment variable.
 """
 
 from pathlib import Path
 
+import os
 import sys as _sys
 from pathlib import Path as _Path
 
@@ -19,13 +20,15 @@ if str(_Path(__file__).resolve().parents[2]) not in _sys.path:
   _sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))
 from configs import pretrain
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
+# The public data root (corpus/, vocab/, glue/): data=PATH, else this variable's value.
+DATA_ENV = 'ELECTRA_JAX_DATA'
 CORPUS = 'corpus/enwiki-2015-wikiextractor-sample'
 VOCAB = 'vocab/bert-base-uncased-vocab.txt'
 
 
 def data_root(data: str) -> Path:
-  return Path(data) if data else DEFAULT_DATA
+  """data, else $ELECTRA_JAX_DATA, else ./data (read only when a run starts)."""
+  return Path(data or os.environ.get(DATA_ENV) or 'data')
 
 
 SPECIAL_TOKENS = {'pad_id': '[PAD]', 'unk_id': '[UNK]', 'cls_id': '[CLS]', 'sep_id': '[SEP]',

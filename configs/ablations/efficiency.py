@@ -15,7 +15,7 @@ One trial by hand (what the launcher runs):
 
 Arguments (`efficiency.py:k=v,...`): objective, size (tiny), steps (ELECTRA's
 steps; sets the budget), files (corpus glob inside the enwiki sample), data
-(the shared/data root; default ../shared/data beside the checkout), vocab
+(the public data root; default $ELECTRA_JAX_DATA, else ./data), vocab
 ('' = BERT uncased; or a vocab.txt path), runlocal. Sized for a 2-core CPU with `size=tiny`; experiments/efficiency/
 README.md has the measured run. Paper (Base, GLUE dev): ELECTRA 85.0,
 All-Tokens MLM 84.3, Replace MLM 82.4, ELECTRA 15% 82.4, BERT 82.2.

@@ -1,7 +1,7 @@
 """Does replaced-token detection make the [CLS] vector independent of the input?
 
     python experiments/cpu_scale/cls_probe.py EXPORT_DIR [EXPORT_DIR ...] \
-        --tsv ../shared/data/glue/SST-2/dev.tsv --column 0 [--n 512] [--out probe.json]
+        --tsv $DATA/glue/SST-2/dev.tsv --column 0 [--n 512] [--out probe.json]
 
 [CLS] is never a masking candidate, so its RTD label is always "original": the
 objective gives the discriminator no reason to carry information about the

@@ -4,7 +4,7 @@
 name=$1; init=$2; shift 2
 cd "$(dirname "$0")/../.."   # the repository root
 . ${VENV:-.venv}/bin/activate
-DATA=${DATA:-../shared/data}
+DATA=${DATA:-${ELECTRA_JAX_DATA:?set DATA or ELECTRA_JAX_DATA to the public data root (corpus/, vocab/, glue/)}}
 # size=tiny / the vocab only for random init: a checkpoint of another shape brings its own
 # (size= would have to match it); the tiny recipe's rate is given explicitly for both.
 [ -z "$init" ] && shape=",size=tiny,vocab=${VOCAB:-builtin}" || shape=''

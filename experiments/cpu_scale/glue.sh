@@ -9,7 +9,7 @@
 name=$1; init=$2; shift 2
 cd "$(dirname "$0")/../.."   # the repository root
 . ${VENV:-.venv}/bin/activate
-DATA=${DATA:-../shared/data}
+DATA=${DATA:-${ELECTRA_JAX_DATA:?set DATA or ELECTRA_JAX_DATA to the public data root (corpus/, vocab/, glue/)}}
 out=${GLUE_DIR:-/work/exp/glue}/$name
 mkdir -p "$out"
 # size=tiny / the vocab only for random init: a checkpoint brings its own shape and vocab

@@ -5,7 +5,7 @@
 name=$1; shift
 cd "$(dirname "$0")/../.."   # the repository root
 . ${VENV:-.venv}/bin/activate
-DATA=${DATA:-../shared/data}
+DATA=${DATA:-${ELECTRA_JAX_DATA:?set DATA or ELECTRA_JAX_DATA to the public data root (corpus/, vocab/, glue/)}}
 python -m electra_jax.main --config=configs/pretrain.py:${CFG:-tiny,vocab=bert} \
   --workdir=${CS_DIR:-/work/exp/cs}/$name --noprogress \
   --config.data.source="$DATA/corpus/enwiki-2015-wikiextractor-sample/wiki_en_*.txt" \

@@ -7,7 +7,7 @@ for task in rte mrpc stsb sst2; do
   [ -f /work/runs/efficiency_random_init/$task/multiseed.json ] && continue
   python -m electra_jax.finetune --config=configs/finetune.py:task=$task,size=tiny \
     --config.num_seeds=3 --config.data.vocab=/work/runs/efficiency_vocab/enwiki00-4096-vocab.txt \
-    --config.data.data_dir=/work/shared/data/glue --config.data.max_train_examples=1500 \
+    --config.data.data_dir=${DATA:?set DATA to the public data root}/glue --config.data.max_train_examples=1500 \
     --config.train.epochs=3 --config.train.seq_len=64 --config.data.test_splits= \
     --workdir=/work/runs/efficiency_random_init/$task
 done

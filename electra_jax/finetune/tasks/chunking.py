@@ -104,7 +104,7 @@ class ChunkingTask:
     return len(self.label_list)
 
   def load_examples(self, source: str, split: str, data_dir) -> list[ChunkExample]:
-    """source 'conll': data_dir holds train.txt and test.txt (e.g. shared/data/conll2000)."""
+    """source 'conll': data_dir holds train.txt and test.txt (e.g. the CoNLL-2000 folder of the public data)."""
     if source != 'conll':
       raise ValueError(f"{self.name}: unknown source {source!r}, expected 'conll' (CoNLL-2000 "
                        f"is not in TFDS)")
