@@ -65,8 +65,15 @@ class SelfAttention(nn.Module):
       big_neg = jnp.finfo(jnp.float32).min
       logits_BxNxLxL = jnp.where(key_mask_BxL[:, None, None, :], logits_BxNxLxL, big_neg)
       probs_BxNxLxL = jax.nn.softmax(logits_BxNxLxL, axis=-1)
-      probs_BxNxLxL = nn.Dropout(self.dropout_rate)(probs_BxNxLxL, deterministic=deterministic)
-      ctx_BxLxNxD = jnp.einsum('bnqk,bknd->bqnd', probs_BxNxLxL.astype(self.dtype), v_BxLxNxD)
+      if 0.0 < self.dropout_rate < 1.0 and not deterministic:
+        # nn.Dropout's mask (the same key: the module nn.Dropout would be), recomputed with
+        # the dropped probabilities in the backward pass instead of kept (layers.dropout_einsum).
+        key = layers.DropoutKey(name='Dropout_0')()
+        ctx_BxLxNxD = layers.dropout_einsum('bnqk,bknd->bqnd', probs_BxNxLxL, v_BxLxNxD, key,
+                                            self.dropout_rate, self.dtype)
+      else:
+        probs_BxNxLxL = layers.Dropout(self.dropout_rate)(probs_BxNxLxL, deterministic=deterministic)
+        ctx_BxLxNxD = jnp.einsum('bnqk,bknd->bqnd', probs_BxNxLxL.astype(self.dtype), v_BxLxNxD)
     else:
       if self.dropout_rate > 0 and not deterministic:
         raise ValueError(f'attention impl {self.impl!r} has no attention dropout; '

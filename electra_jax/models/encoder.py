@@ -7,6 +7,7 @@ Parameter names mirror Hugging Face's ELECTRA modules (`embeddings/word_embeddin
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -64,7 +65,7 @@ class Embeddings(nn.Module):
     self.token_type_embeddings = table('token_type_embeddings', self.type_vocab_size,
                                        ('token_type', 'embed'))
     self.LayerNorm = layers.layer_norm(self.layer_norm_eps, self.dtype, 'LayerNorm')  # pylint: disable=invalid-name
-    self.dropout = nn.Dropout(self.dropout_rate)
+    self.dropout = layers.Dropout(self.dropout_rate)
 
   def tables(self) -> dict:
     return {'word_embeddings': self.word_embeddings,
@@ -89,13 +90,14 @@ class AddNorm(nn.Module):
   """dense -> dropout -> LayerNorm(residual + .); HF's ElectraSelfOutput / ElectraOutput."""
   cfg: TowerConfig
   in_axis: str  # logical axis of the input features: 'qkv' or 'mlp'
+  input_activation: Any = None  # applied to x inside the dense layer (layers.dense)
 
   @nn.compact
   def __call__(self, x, residual, deterministic: bool):
     c = self.cfg
     y = layers.dense(c.hidden_size, (self.in_axis, 'hidden'), c.initializer_range, c.dtype, 'dense',
-                     c.matmul_dtype)(x)
-    y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
+                     c.matmul_dtype, self.input_activation)(x)
+    y = layers.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     return layers.layer_norm(c.layer_norm_eps, c.dtype, 'LayerNorm')(y + residual)
 
 
@@ -112,13 +114,15 @@ class AttentionBlock(nn.Module):
 
 
 class Intermediate(nn.Module):
+  """The intermediate dense layer, before its GELU (which the output layer applies, so
+  that the backward pass recomputes it instead of keeping its output)."""
   cfg: TowerConfig
 
   @nn.compact
   def __call__(self, x_BxLxH):
     c = self.cfg
-    return layers.gelu(layers.dense(c.intermediate_size, ('hidden', 'mlp'), c.initializer_range,
-                                    c.dtype, 'dense', c.matmul_dtype)(x_BxLxH))
+    return layers.dense(c.intermediate_size, ('hidden', 'mlp'), c.initializer_range,
+                        c.dtype, 'dense', c.matmul_dtype)(x_BxLxH)
 
 
 class TransformerLayer(nn.Module):
@@ -128,8 +132,8 @@ class TransformerLayer(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxH, key_mask_BxL, deterministic: bool):
     h = AttentionBlock(self.cfg, name='attention')(x_BxLxH, key_mask_BxL, deterministic)
-    inter_BxLxI = Intermediate(self.cfg, name='intermediate')(h)
-    return AddNorm(self.cfg, 'mlp', name='output')(inter_BxLxI, h, deterministic)
+    pre_BxLxI = Intermediate(self.cfg, name='intermediate')(h)
+    return AddNorm(self.cfg, 'mlp', layers.gelu, name='output')(pre_BxLxI, h, deterministic)
 
 
 class Tower(nn.Module):

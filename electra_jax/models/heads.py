@@ -115,11 +115,11 @@ class ClassificationHead(nn.Module):
   @nn.compact
   def __call__(self, h_BxLxH, deterministic: bool):
     cls_BxH = h_BxLxH[:, 0]
-    cls_BxH = nn.Dropout(self.dropout_rate)(cls_BxH, deterministic=deterministic)
+    cls_BxH = layers.Dropout(self.dropout_rate)(cls_BxH, deterministic=deterministic)
     if self.form == 'hf':  # transformers' ElectraClassificationHead
       x_BxH = layers.gelu(layers.dense(h_BxLxH.shape[-1], ('hidden', 'mlp'),
                                        self.initializer_range, self.dtype, 'dense')(cls_BxH))
-      x_BxH = nn.Dropout(self.dropout_rate)(x_BxH, deterministic=deterministic)
+      x_BxH = layers.Dropout(self.dropout_rate)(x_BxH, deterministic=deterministic)
       logits_BxC = layers.dense(self.num_labels, ('mlp', 'classes'), self.initializer_range,
                                 self.dtype, 'out_proj')(x_BxH)
       return logits_BxC.astype(jnp.float32)
@@ -260,7 +260,7 @@ class TaggingHead(nn.Module):
 
   @nn.compact
   def __call__(self, h_BxLxH, deterministic: bool):
-    x = nn.Dropout(self.dropout_rate)(h_BxLxH, deterministic=deterministic)
+    x = layers.Dropout(self.dropout_rate)(h_BxLxH, deterministic=deterministic)
     logits_BxLxT = layers.dense(self.num_labels, ('hidden', 'classes'), self.initializer_range,
                                 self.dtype, 'dense')(x)
     return logits_BxLxT.astype(jnp.float32)
