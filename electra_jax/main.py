@@ -14,6 +14,7 @@ from absl import flags
 from absl import logging
 
 from electra_jax import cli
+from electra_jax import configlib
 
 FLAGS = flags.FLAGS
 
@@ -29,9 +30,25 @@ def define_flags():
   cli.define_distributed()
 
 
-FINETUNE_HINT = ('python -m electra_jax.finetune --config=configs/finetune.py:task=rte,size={size} '
+FINETUNE_HINT = ('python -m electra_jax.finetune --config=configs/finetune.py:task=rte{size} '
                  '--config.train.init_from={export} --config.data.data_dir=PATH/TO/glue '
                  '--workdir=runs/rte')
+_SHAPE_KEYS = ('num_layers', 'hidden_size', 'intermediate_size', 'num_heads', 'embedding_size')
+
+
+def finetune_hint(config, export: str) -> str:
+  """The fine-tuning command for this run's export.
+
+  size= picks the fine-tuning recipe and must match the checkpoint's shape (fine-tuning
+  refuses one that does not), so a reshaped model (`tiny` with --config.model overrides) gets
+  no size=: the default recipe's rate, with the flag that changes it.
+  """
+  shape = configlib.size_table(config.size)
+  if all(config.model[k] == shape[k] for k in _SHAPE_KEYS):
+    return FINETUNE_HINT.format(export=export, size=f',size={config.size}')
+  return (FINETUNE_HINT.format(export=export, size='') +
+          '\n  (this model is not a named size: add --config.optimizer.learning_rate=LR to '
+          'set the rate; the default is size=small\'s)')
 
 
 def main(argv):
@@ -68,7 +85,7 @@ def main(argv):
     if path:
       print(f'  {name:16s} {path}')
   if export:
-    hint = FINETUNE_HINT.format(export=export, size=config.size)
+    hint = finetune_hint(config, export)
     print('Next: fine-tune the discriminator, e.g. on RTE (GLUE TSVs):\n  ' + hint)
     print(f'Compare runs: python -m electra_jax.plot {wd} [OTHER_WORKDIR ...] --out curves.png')
 

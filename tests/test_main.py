@@ -182,3 +182,16 @@ def test_continued_pretraining_from_an_export(corpus, tmp_path):  # noqa: F811
     jax.tree.map(np.testing.assert_array_equal, a, b)
   r = run_main(tmp_path / 'third', corpus, **{'train.init_from': str(tmp_path / 'nowhere')})
   assert r.returncode == 1 and 'train.init_from=' in r.stderr
+
+
+def test_finetune_hint_names_the_size_only_when_the_shape_is_that_size():
+  from configs import finetune as finetune_config  # pylint: disable=g-import-not-at-top
+  from configs import pretrain as pretrain_config  # pylint: disable=g-import-not-at-top
+  from electra_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  config = pretrain_config.get_config('tiny')
+  assert ',size=tiny ' in main_lib.finetune_hint(config, '/x/export')
+  config.model.hidden_size = 128  # a reshaped tiny: size=tiny would be refused by fine-tuning
+  hint = main_lib.finetune_hint(config, '/x/export')
+  assert 'size=' not in hint.split('\n')[0] and 'learning_rate' in hint
+  arg = hint.split('--config=configs/finetune.py:')[1].split()[0]
+  assert finetune_config.get_config(arg).size == 'small'  # the command's config parses
