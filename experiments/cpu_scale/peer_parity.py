@@ -87,6 +87,19 @@ def peer_eval(peer: torch_peer.TorchPeer, batches, obj_cfg) -> dict:
   return {'eval_' + k: v for k, v in out.items()}
 
 
+def with_defaults(recorded: dict) -> ml_collections.ConfigDict:
+  """A run's config.json over today's defaults for its size: keys added since the run was
+  made (whose defaults keep the old behaviour) get their default."""
+  from configs import pretrain  # pylint: disable=g-import-not-at-top
+  base = pretrain.get_config(f"size={recorded.get('size', 'tiny')}").to_dict()
+
+  def merge(into, new):
+    for k, v in new.items():
+      into[k] = merge(into[k], v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
+    return into
+  return ml_collections.ConfigDict(merge(base, recorded))
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('run_dir')
@@ -97,7 +110,7 @@ def main():
   args = p.parse_args()
   if args.threads:
     torch.set_num_threads(args.threads)
-  config = ml_collections.ConfigDict(json.loads((Path(args.run_dir) / 'config.json').read_text()))
+  config = with_defaults(json.loads((Path(args.run_dir) / 'config.json').read_text()))
   t = config.train
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
