@@ -39,14 +39,14 @@ def main():
   p.add_argument('runs', nargs='+', type=Path, help='glue.sh output dirs; the first is the baseline')
   p.add_argument('--out', type=Path, help='write the table as JSON here')
   args = p.parse_args()
-  table = {str(r): scores(r) for r in args.runs}
-  base = table[str(args.runs[0])]
+  table = {r.name: scores(r) for r in args.runs}
+  base = table[args.runs[0].name]
   tasks = sorted({t for s in table.values() for t in s})
   rows = ['| task (metric) | run | per-seed (seed: score) | mean | spread | vs first |',
           '|---|---|---|---|---|---|']
   for task in tasks:
     for run in args.runs:
-      s = table[str(run)].get(task)
+      s = table[run.name].get(task)
       if not s:
         continue
       vals = list(s['seeds'].values())
