@@ -81,6 +81,10 @@ SIZES = {
 }
 
 
+# The keys of a size's table that fix the encoder's shape (a checkpoint has one of them).
+SHAPE_KEYS = ('num_layers', 'hidden_size', 'intermediate_size', 'num_heads', 'embedding_size')
+
+
 def size_table(size: str) -> dict:
   if size not in SIZES:
     raise ValueError(f'unknown size {size!r}; expected one of {sorted(SIZES)}')

@@ -33,7 +33,6 @@ def define_flags():
 FINETUNE_HINT = ('python -m electra_jax.finetune --config=configs/finetune.py:task=rte{size} '
                  '--config.train.init_from={export} --config.data.data_dir=PATH/TO/glue '
                  '--workdir=runs/rte')
-_SHAPE_KEYS = ('num_layers', 'hidden_size', 'intermediate_size', 'num_heads', 'embedding_size')
 
 
 def finetune_hint(config, export: str) -> str:
@@ -44,7 +43,7 @@ def finetune_hint(config, export: str) -> str:
   no size=: the default recipe's rate, with the flag that changes it.
   """
   shape = configlib.size_table(config.size)
-  if all(config.model[k] == shape[k] for k in _SHAPE_KEYS):
+  if all(config.model[k] == shape[k] for k in configlib.SHAPE_KEYS):
     return FINETUNE_HINT.format(export=export, size=f',size={config.size}')
   return (FINETUNE_HINT.format(export=export, size='') +
           '\n  (this model is not a named size: add --config.optimizer.learning_rate=LR to '

@@ -32,8 +32,7 @@ def default_model(size: str) -> dict:
   d = {f.name: f.default for f in dataclasses.fields(electra.ModelConfig)
        if f.default is not dataclasses.MISSING}
   d.update({k: v for k, v in configlib.size_table(size).items()
-            if k in ('num_layers', 'hidden_size', 'intermediate_size', 'num_heads',
-                     'embedding_size', 'generator_fraction')})
+            if k in configlib.SHAPE_KEYS + ('generator_fraction',)})
   d['vocab_size'] = 0
   return d
 
