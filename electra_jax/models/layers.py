@@ -294,18 +294,23 @@ def _layer_norm_out(x, scale, bias, dtype):
   return jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, scale, bias)
 
 
-def _layer_norm_fn(x, scale, bias, eps: float, dtype):
-  """nn.LayerNorm's arithmetic over the last axis (its defaults: fast variance, float32
-  statistics), op for op: the same outputs as Flax's (bit for bit where XLA fuses both
-  alike; within float rounding otherwise)."""
-  xs = x.astype(_layer_norm_stats_dtype(x, dtype))
+def _normalize_and_scale(x, scale, eps: float, stats_dtype):
+  """(x - mean) * rsqrt(var + eps) * scale over the last axis, nn.LayerNorm's op order
+  (fast variance, statistics in stats_dtype); the bias is added by the callers."""
+  xs = x.astype(stats_dtype)
   mu, mu2 = xs.mean(-1), jax.lax.square(xs).mean(-1)
   var = jnp.maximum(0.0, mu2 - jax.lax.square(mu))
   y = x - mu[..., None]
   mul = jax.lax.rsqrt(var[..., None] + eps)
   mul = mul * scale
-  y = y * mul
-  y = y + bias
+  return y * mul
+
+
+def _layer_norm_fn(x, scale, bias, eps: float, dtype):
+  """nn.LayerNorm's arithmetic over the last axis (its defaults: fast variance, float32
+  statistics), op for op: the same outputs as Flax's (bit for bit where XLA fuses both
+  alike; within float rounding otherwise)."""
+  y = _normalize_and_scale(x, scale, eps, _layer_norm_stats_dtype(x, dtype)) + bias
   return jnp.asarray(y, _layer_norm_out(x, scale, bias, dtype))
 
 
@@ -314,15 +319,7 @@ def _layer_norm_mirrored(x, scale, bias, eps: float, dtype):
   original's (rounding is symmetric in sign), so the output (bias - (-y)) and the
   gradients are the same arithmetic, but no expression is shared with the forward pass,
   so XLA cannot merge the backward pass's recomputation into it (see `_layer_norm`)."""
-  xn = -x
-  xs = xn.astype(_layer_norm_stats_dtype(x, dtype))
-  mu_n, mu2 = xs.mean(-1), jax.lax.square(xs).mean(-1)
-  var = jnp.maximum(0.0, mu2 - jax.lax.square(mu_n))
-  y_n = xn - mu_n[..., None]
-  mul = jax.lax.rsqrt(var[..., None] + eps)
-  mul = mul * scale
-  y_n = y_n * mul
-  y = bias - y_n
+  y = bias - _normalize_and_scale(-x, scale, eps, _layer_norm_stats_dtype(x, dtype))
   return jnp.asarray(y, _layer_norm_out(x, scale, bias, dtype))
 
 
