@@ -74,16 +74,20 @@ def add_step_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--attention', default='einsum', choices=['einsum', 'xla', 'cudnn'])
   p.add_argument('--head', default='masked', choices=['masked', 'full'])
   p.add_argument('--remat', action='store_true')
+  p.add_argument('--recompute-activations', action='store_true',
+                 help='model.recompute_activations=True (fine-tuning\'s default; pre-training '
+                      'keeps GELU, LayerNorm and dropout for the backward pass)')
 
 
 def config_from_args(a: argparse.Namespace):
   return make_config(a.size, a.batch, a.seq_len, dtype=a.dtype, attention_impl=a.attention,
-                     remat=a.remat, generator_head=a.head)
+                     remat=a.remat, generator_head=a.head,
+                     recompute_activations=a.recompute_activations)
 
 
 def make_config(size: str, batch: int, seq_len: int, *, dtype: str = 'float32',
                 attention_impl: str = 'einsum', remat: bool = False,
-                generator_head: str = 'masked'):
+                generator_head: str = 'masked', recompute_activations: bool = False):
   """The real pretrain config at `size`, with the benchmark's batch shape and variant."""
   c = pretrain.get_config(f'size={size}')
   c.train.batch_size = batch
@@ -97,6 +101,7 @@ def make_config(size: str, batch: int, seq_len: int, *, dtype: str = 'float32',
   if attention_impl != 'einsum':  # jax.nn.dot_product_attention has no attention dropout
     c.model.attention_dropout_rate = 0.0
   c.model.remat = remat
+  c.model.recompute_activations = recompute_activations
   c.model.generator_head = generator_head
   return c
 
@@ -181,15 +186,18 @@ class Variant:
   attention: str = 'einsum'
   remat: bool = False
   head: str = 'masked'
+  recompute: bool = False  # model.recompute_activations
 
   def config(self):
     return make_config(self.size, self.batch, self.seq_len, dtype=self.dtype,
-                       attention_impl=self.attention, remat=self.remat, generator_head=self.head)
+                       attention_impl=self.attention, remat=self.remat, generator_head=self.head,
+                       recompute_activations=self.recompute)
 
   def args(self) -> list[str]:
     a = ['--size', self.size, '--batch', str(self.batch), '--seq-len', str(self.seq_len),
          '--dtype', self.dtype, '--attention', self.attention, '--head', self.head]
-    return a + (['--remat'] if self.remat else [])
+    return (a + (['--remat'] if self.remat else [])
+            + (['--recompute-activations'] if self.recompute else []))
 
 
 def run_one(v: Variant, warmup: int, steps: int, peak_seconds: float,
@@ -221,9 +229,15 @@ HEADER = ('| size | B x L | dtype | attention | head | remat | compile s | step 
           '| GFLOP/s | peak | MFU | RSS MB | XLA temp MB |\n|' + '---|' * 15)
 
 
+def _remat(r: dict) -> str:
+  """The remat column: 'layers' (model.remat), 'activations' (model.recompute_activations)."""
+  parts = [n for n, on in (('layers', r['remat']), ('activations', r.get('recompute'))) if on]
+  return ' + '.join(parts) or 'no'
+
+
 def row(r: dict) -> str:
   return (f"| {r['size']} | {r['batch']}x{r['seq_len']} | {r['dtype']} | {r['attention']} "
-          f"| {r['head']} | {'yes' if r['remat'] else 'no'} | {r['compile_s']:.1f} "
+          f"| {r['head']} | {_remat(r)} | {r['compile_s']:.1f} "
           f"| {r['step_s']:.3f} | {r['seq_per_s']:.2f} | {r['tok_per_s']:.0f} "
           f"| {r['gflops']:.1f} | {r['peak_gflops']:.0f} | {100 * r['mfu']:.1f}% "
           f"| {r['rss_mb']:.0f} | {r['xla_temp_mb']:.0f} |")
@@ -233,7 +247,8 @@ def sweep_variants(name: str) -> list[Variant]:
   if name == 'variants':  # Small 32 x 128: each axis from the float32 einsum baseline
     out = [Variant()]
     out += [Variant(dtype='mixed'), Variant(dtype='bfloat16'), Variant(attention='xla'),
-            Variant(dtype='bfloat16', attention='xla'), Variant(head='full'), Variant(remat=True)]
+            Variant(dtype='bfloat16', attention='xla'), Variant(head='full'), Variant(remat=True),
+            Variant(recompute=True)]
     return out
   if name == 'sizes':
     return [Variant('tiny', 32, 128), Variant('tiny', 8, 512), Variant('small', 32, 128),
@@ -278,7 +293,8 @@ def main():
   if a.sweep:
     run_sweep(a.sweep, a.warmup, a.steps, a.peak_seconds, a.json, a.peak_sizes)
     return
-  v = Variant(a.size, a.batch, a.seq_len, a.dtype, a.attention, a.remat, a.head)
+  v = Variant(a.size, a.batch, a.seq_len, a.dtype, a.attention, a.remat, a.head,
+              a.recompute_activations)
   r = run_one(v, a.warmup, a.steps, a.peak_seconds, a.peak_sizes)
   if not a.quiet:
     print(HEADER)

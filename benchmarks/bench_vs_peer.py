@@ -3,8 +3,9 @@ r"""electra_jax against the PyTorch/HF peer, side by side in one run, alternatin
     python benchmarks/bench_vs_peer.py --size small --batch 32 --seq-len 128 \
         --ours float32/einsum mixed/einsum --peer float32 bfloat16 --rounds 7
 
-Runners: each electra_jax variant `dtype/attention[/remat][/full][/before][/sysmalloc]`
-(`before`: the step without the optimisations of benchmarks/ab_step.py) and
+Runners: each electra_jax variant `dtype/attention[/remat][/recompute][/full][/before][/sysmalloc]`
+(`before`: the step without the optimisations of benchmarks/ab_step.py; `recompute`:
+model.recompute_activations=True, fine-tuning's default) and
 each peer precision `float32 | bfloat16[/sysmalloc]` (bfloat16 = torch.autocast).
 Every runner lives in its own worker process (this script with `--worker`),
 so the two frameworks' thread pools and allocators never share a process:
@@ -46,17 +47,19 @@ PEER_PRECISIONS = ('float32', 'bfloat16')
 
 
 def parse_ours(spec: str) -> dict:
-  """'bfloat16/xla/remat/full' -> make_config keyword arguments (`before`, `sysmalloc` apart)."""
+  """'bfloat16/xla/remat/full' -> make_config keyword arguments (`before`, `sysmalloc` apart;
+  `recompute`: model.recompute_activations=True)."""
   parts = spec.split('/')
   if len(parts) < 2 or parts[0] not in bench_step.PRECISIONS:
-    raise ValueError(f'--ours {spec!r}; expected dtype/attention[/remat][/full][/before]'
+    raise ValueError(f'--ours {spec!r}; expected dtype/attention[/remat][/recompute][/full][/before]'
                      f'[/sysmalloc] with dtype in {bench_step.PRECISIONS}, e.g. float32/einsum')
   extra = set(parts[2:])
-  unknown = extra - {'remat', 'full', 'before', 'sysmalloc'}
+  unknown = extra - {'remat', 'recompute', 'full', 'before', 'sysmalloc'}
   if unknown:
     raise ValueError(f'--ours {spec!r}: unknown flags {sorted(unknown)}; '
-                     'expected remat, full, before, sysmalloc')
+                     'expected remat, recompute, full, before, sysmalloc')
   return dict(dtype=parts[0], attention_impl=parts[1], remat='remat' in extra,
+              recompute_activations='recompute' in extra,
               generator_head='full' if 'full' in extra else 'masked')
 
 

@@ -88,6 +88,10 @@ def get_config(arg=None):
       # call jax.nn.dot_product_attention, which has no attention dropout.
       attention_impl='einsum',
       remat=False,  # rematerialise each layer in the backward pass
+      # GELU, LayerNorm and dropout recomputed in the backward pass (fine-tuning's default):
+      # a third less step memory for ~5% more time per ELECTRA-Small step on CPU
+      # (benchmarks/results/memory_session8.md). Pre-training keeps them, for speed.
+      recompute_activations=False,
       # masked: the generator's LM head only at the masked positions (official);
       # full: at every position (for benchmarks / the All-Tokens MLM ablation).
       generator_head='masked',

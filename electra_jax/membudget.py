@@ -109,7 +109,7 @@ def check(estimate: Estimate, what: str, devices, host_bytes: int = 0) -> str | 
   xla = (f'XLA: arguments {_gb(estimate.arguments)} + outputs {_gb(estimate.outputs)} - donated '
          f'{_gb(estimate.aliased)} + temporaries {_gb(estimate.temporaries)} GB')
   hint = ('expect to run out of memory; lower train.batch_size or train.seq_len, or set '
-          '--config.model.remat=True')
+          '--config.model.recompute_activations=True or --config.model.remat=True')
   if devices and devices[0].platform != 'cpu':
     limit = device_limit_bytes(devices[0])
     if limit is not None and estimate.per_device > limit:

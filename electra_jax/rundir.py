@@ -43,14 +43,16 @@ CONFIG_NAME = 'config.json'
 # checkpoints hold or the data position assumes. train.num_steps may grow or shrink: the
 # learning-rate schedule is then recomputed over the new length (the steps after the resume
 # differ from those of a run started with it). train.init_from is only read by a fresh run.
-# train.grad_accum_steps, like model.remat and the mesh, changes how a step runs, not what it
-# computes (only the dropout masks, which are drawn per microbatch).
+# train.grad_accum_steps, like model.remat, model.recompute_activations and the mesh, changes
+# how a step runs, not what it computes (but for float rounding, and for grad_accum_steps
+# the dropout masks, which are drawn per microbatch).
 RESUMABLE_KEYS = (
     'train.num_steps', 'train.grad_accum_steps', 'train.log_every', 'train.eval_every', 'train.eval_batches',
     'train.eval_batch_size', 'train.checkpoint_every', 'train.keep_checkpoints',
     'train.nan_policy', 'train.max_skipped_fraction', 'train.skip_window', 'train.init_from',
     'data.num_workers', 'data.num_shards', 'data.max_undecodable_fraction',
-    'data.max_truncated_fraction', 'model.remat', 'mesh.data', 'mesh.fsdp',
+    'data.max_truncated_fraction', 'model.remat', 'model.recompute_activations', 'mesh.data',
+    'mesh.fsdp',
 )
 
 

@@ -203,3 +203,34 @@ def test_dropout_keeps_bits_not_the_random_words():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   one = 64 * 512 * 4
   assert _temp_bytes(grad_of(layers.Dropout), ws, x) <= _temp_bytes(grad_of(nn.Dropout), ws, x) - 3 * one
+
+
+def test_tower_recompute_switch_same_function_less_memory():
+  """model.recompute_activations switches a whole tower between the recomputing layers
+  and the plain ones (autodiff keeps everything): the same parameters, outputs and
+  gradients (dropout on, the same keys), and the recomputing tower keeps less."""
+  from electra_jax.models import encoder  # pylint: disable=g-import-not-at-top
+  towers = {r: encoder.Tower(encoder.TowerConfig(H, 2, N, 4 * H, recompute_activations=r))
+            for r in (True, False)}
+  x, g = _x(20, (B, L, H)), _x(21, (B, L, H))
+  mask = jnp.ones((B, L), jnp.int32).at[1, L // 2:].set(0)
+  params = towers[True].init(jax.random.key(0), x, mask, True)
+  assert (jax.tree.structure(params) ==
+          jax.tree.structure(towers[False].init(jax.random.key(0), x, mask, True)))
+  rngs = {'dropout': jax.random.key(3)}
+
+  def grads(tower):
+    def fn(p, x):
+      y, vjp = jax.vjp(lambda p, x: tower.apply(p, x, mask, False, rngs=rngs), p, x)
+      return y, vjp(g)
+    return fn
+
+  y, (gp, gx) = jax.jit(grads(towers[True]))(params, x)
+  y_ref, (gp_ref, gx_ref) = jax.jit(grads(towers[False]))(params, x)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gx, gx_ref, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gp_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(y, towers[True].apply(params, x, mask, True))  # dropout was on
+  assert (_temp_bytes(grads(towers[True]), params, x)
+          < _temp_bytes(grads(towers[False]), params, x))

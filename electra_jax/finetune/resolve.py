@@ -22,7 +22,7 @@ STRUCTURAL_KEYS = tuple(k for k in weights.STRUCTURE
                         if k not in ('generator_fraction', 'generator_layers', 'sharing'))
 # How the model runs, not what it holds: the fine-tuning config's values are always applied.
 RUNTIME_KEYS = ('dropout_rate', 'attention_dropout_rate', 'dtype', 'matmul_dtype',
-                'attention_impl', 'remat')
+                'attention_impl', 'remat', 'recompute_activations')
 # Every other key (layer_norm_eps, initializer_range, the generator's and sharing keys) is
 # the checkpoint's unless asked for explicitly, which is then applied.
 

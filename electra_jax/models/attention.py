@@ -41,6 +41,7 @@ class SelfAttention(nn.Module):
   impl: str = 'einsum'
   dtype: jnp.dtype = jnp.float32
   matmul_dtype: str = ''  # '' = dtype; else mixed precision (layers.einsum)
+  recompute: bool = True  # the dropped probabilities recomputed in the backward pass
 
   @nn.compact
   def __call__(self, x_BxLxH, key_mask_BxL, deterministic: bool):
@@ -65,14 +66,15 @@ class SelfAttention(nn.Module):
       big_neg = jnp.finfo(jnp.float32).min
       logits_BxNxLxL = jnp.where(key_mask_BxL[:, None, None, :], logits_BxNxLxL, big_neg)
       probs_BxNxLxL = jax.nn.softmax(logits_BxNxLxL, axis=-1)
-      if 0.0 < self.dropout_rate < 1.0 and not deterministic:
+      if self.recompute and 0.0 < self.dropout_rate < 1.0 and not deterministic:
         # nn.Dropout's mask (the same key: the module nn.Dropout would be), recomputed with
         # the dropped probabilities in the backward pass instead of kept (layers.dropout_einsum).
         key = layers.DropoutKey(name='Dropout_0')()
         ctx_BxLxNxD = layers.dropout_einsum('bnqk,bknd->bqnd', probs_BxNxLxL, v_BxLxNxD, key,
                                             self.dropout_rate, self.dtype)
       else:
-        probs_BxNxLxL = layers.Dropout(self.dropout_rate)(probs_BxNxLxL, deterministic=deterministic)
+        probs_BxNxLxL = layers.dropout(self.dropout_rate, self.recompute)(
+            probs_BxNxLxL, deterministic=deterministic)
         ctx_BxLxNxD = jnp.einsum('bnqk,bknd->bqnd', probs_BxNxLxL.astype(self.dtype), v_BxLxNxD)
     else:
       if self.dropout_rate > 0 and not deterministic:

@@ -30,6 +30,9 @@ class TowerConfig:
   initializer_range: float = 0.02
   attention_impl: str = 'einsum'
   remat: bool = False
+  # GELU, LayerNorm and dropout recomputed in the backward pass instead of kept (layers.py):
+  # less memory, some more compute. False: autodiff keeps their intermediates.
+  recompute_activations: bool = True
   dtype: str = 'float32'
   matmul_dtype: str = ''  # '' = dtype; else mixed precision (layers.einsum)
 
@@ -97,8 +100,9 @@ class AddNorm(nn.Module):
     c = self.cfg
     y = layers.dense(c.hidden_size, (self.in_axis, 'hidden'), c.initializer_range, c.dtype, 'dense',
                      c.matmul_dtype, self.input_activation)(x)
-    y = layers.Dropout(c.dropout_rate)(y, deterministic=deterministic)
-    return layers.layer_norm(c.layer_norm_eps, c.dtype, 'LayerNorm')(y + residual)
+    y = layers.dropout(c.dropout_rate, c.recompute_activations)(y, deterministic=deterministic)
+    return layers.layer_norm(c.layer_norm_eps, c.dtype, 'LayerNorm',
+                             c.recompute_activations)(y + residual)
 
 
 class AttentionBlock(nn.Module):
@@ -109,20 +113,23 @@ class AttentionBlock(nn.Module):
     c = self.cfg
     ctx = attention.SelfAttention(
         c.hidden_size, c.num_heads, c.attention_dropout_rate, c.initializer_range,
-        c.attention_impl, c.dtype, c.matmul_dtype, name='self')(x_BxLxH, key_mask_BxL, deterministic)
+        c.attention_impl, c.dtype, c.matmul_dtype, c.recompute_activations,
+        name='self')(x_BxLxH, key_mask_BxL, deterministic)
     return AddNorm(c, 'qkv', name='output')(ctx, x_BxLxH, deterministic)
 
 
 class Intermediate(nn.Module):
-  """The intermediate dense layer, before its GELU (which the output layer applies, so
-  that the backward pass recomputes it instead of keeping its output)."""
+  """The intermediate dense layer. With cfg.recompute_activations its GELU is left to the
+  output layer, which applies it inside its dense layer so that the backward pass
+  recomputes it instead of keeping its output; otherwise it is applied here."""
   cfg: TowerConfig
 
   @nn.compact
   def __call__(self, x_BxLxH):
     c = self.cfg
-    return layers.dense(c.intermediate_size, ('hidden', 'mlp'), c.initializer_range,
-                        c.dtype, 'dense', c.matmul_dtype)(x_BxLxH)
+    y = layers.dense(c.intermediate_size, ('hidden', 'mlp'), c.initializer_range,
+                     c.dtype, 'dense', c.matmul_dtype)(x_BxLxH)
+    return y if c.recompute_activations else layers.gelu_kept(y)
 
 
 class TransformerLayer(nn.Module):
@@ -133,7 +140,8 @@ class TransformerLayer(nn.Module):
   def __call__(self, x_BxLxH, key_mask_BxL, deterministic: bool):
     h = AttentionBlock(self.cfg, name='attention')(x_BxLxH, key_mask_BxL, deterministic)
     pre_BxLxI = Intermediate(self.cfg, name='intermediate')(h)
-    return AddNorm(self.cfg, 'mlp', layers.gelu, name='output')(pre_BxLxI, h, deterministic)
+    activation = layers.gelu if self.cfg.recompute_activations else None  # else applied already
+    return AddNorm(self.cfg, 'mlp', activation, name='output')(pre_BxLxI, h, deterministic)
 
 
 class Tower(nn.Module):

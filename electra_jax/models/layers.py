@@ -368,8 +368,18 @@ class LayerNorm(nn.Module):
     return _layer_norm(x, scale, bias, self.epsilon, dtype)
 
 
-def layer_norm(eps: float, dtype, name: str) -> LayerNorm:
+def layer_norm(eps: float, dtype, name: str, recompute: bool = True) -> nn.Module:
+  """The LayerNorm to use: `LayerNorm` (recomputed in the backward pass), or with
+  recompute=False Flax's own (autodiff keeps its intermediates); the same parameters."""
+  if not recompute:
+    return _flax_layer_norm(eps, dtype, name)
   return LayerNorm(epsilon=eps, dtype=dtype, name=name)
+
+
+def dropout(rate: float, recompute: bool = True) -> nn.Dropout:
+  """`Dropout` (mask kept as bits), or with recompute=False nn.Dropout itself: the same
+  auto-name, key and mask."""
+  return Dropout(rate) if recompute else nn.Dropout(rate)
 
 
 _SQRT_HALF = 0.7071067811865476
@@ -411,6 +421,12 @@ def _gelu_bwd(x, g):
 
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+def gelu_kept(x):
+  """`gelu`'s function with autodiff's backward pass, which keeps erf(x / sqrt 2) instead of
+  recomputing it (model.recompute_activations=False)."""
+  return _gelu(x)
 
 
 def use_unrolled_threefry_on_cpu(enable: bool = True) -> bool:
