@@ -124,7 +124,8 @@ class ModelConfig:
         intermediate_size=intermediate, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, layer_norm_eps=self.layer_norm_eps,
         initializer_range=self.initializer_range, attention_impl=self.attention_impl,
-        remat=self.remat, recompute_activations=self.recompute_activations, dtype=self.dtype, matmul_dtype=self.matmul_dtype)
+        remat=self.remat, recompute_activations=self.recompute_activations, dtype=self.dtype,
+        matmul_dtype=self.matmul_dtype)
 
   @property
   def discriminator(self) -> encoder.TowerConfig:
