@@ -234,3 +234,18 @@ def test_tower_recompute_switch_same_function_less_memory():
   assert not np.allclose(y, towers[True].apply(params, x, mask, True))  # dropout was on
   assert (_temp_bytes(grads(towers[True]), params, x)
           < _temp_bytes(grads(towers[False]), params, x))
+
+
+def test_finetuning_recomputes_and_pretraining_keeps():
+  """Fine-tuning's step memory needs the recomputing forms, pre-training's speed the kept ones;
+  a checkpoint trained with either is fine-tuned with the fine-tuning config's value."""
+  import types  # pylint: disable=g-import-not-at-top
+  from configs import finetune, pretrain  # pylint: disable=g-import-not-at-top
+  from electra_jax.finetune import resolve  # pylint: disable=g-import-not-at-top
+  assert pretrain.get_config('size=small').model.recompute_activations is False
+  c = finetune.get_config('task=mrpc,size=small')
+  assert c.model.recompute_activations is True
+  ckpt = types.SimpleNamespace(path='pretrained', model_config={
+      **dict(c.model), 'recompute_activations': False, 'vocab_size': 100})
+  model = resolve.resolve_model(c, ckpt, types.SimpleNamespace(vocab_size=100))
+  assert model['recompute_activations'] is True
