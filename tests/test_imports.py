@@ -126,3 +126,24 @@ def test_cycle_finder_sees_function_level_imports(tmp_path):
   graph = import_graph(pkg, 'pkg')
   assert graph['pkg.b'] == {'pkg.a'} and graph['pkg.c'] == {'pkg.a'}
   assert cycles(graph) == [['pkg.a', 'pkg.b']]
+
+
+def test_run_logs_do_not_import_torch(tmp_path):
+  """TensorBoard logging keeps torch out of the process (tensorboardX would import it: ~2.4 s
+  and ~180 MB in every run), and torch stays importable afterwards."""
+  pytest.importorskip('torch')  # without torch installed there is nothing to keep out
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = (
+      'import sys\n'
+      'from electra_jax import runlog\n'
+      'w = runlog.MetricsWriter(sys.argv[1]); w.write(1, {"loss": 1.5}); w.close()\n'
+      'assert "torch" not in sys.modules, "torch was imported"\n'
+      'import torch\n'
+      'print("ok", torch.ones(2).sum().item())\n')
+  r = subprocess.run([sys.executable, '-c', code, str(tmp_path)], cwd=REPO, capture_output=True,
+                     text=True, timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert r.returncode == 0 and 'ok 2.0' in r.stdout, r.stdout + r.stderr[-2000:]
+  events = list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+  assert events and b'train/loss' in events[0].read_bytes()
