@@ -10,7 +10,10 @@ modules that cannot be understood (or tested, or moved) one without the other.
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 
@@ -132,9 +135,6 @@ def test_run_logs_do_not_import_torch(tmp_path):
   """TensorBoard logging keeps torch out of the process (tensorboardX would import it: ~2.4 s
   and ~180 MB in every run), and torch stays importable afterwards."""
   pytest.importorskip('torch')  # without torch installed there is nothing to keep out
-  import os  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   code = (
       'import sys\n'
       'from electra_jax import runlog\n'
