@@ -59,14 +59,27 @@ def hf_configs(config, attn_implementation: str = 'sdpa'):
   return gen, disc
 
 
+# How the generator head (dense + LayerNorm, a bare HF module) is initialised: 'hf' as
+# Hugging Face's pre-trained models init it (the official init); 'torch' PyTorch's Linear
+# default, what this peer did before 2026-12-02 (experiments/cpu_scale's first parity runs).
+HEAD_INITS = ('hf', 'torch')
+
+
 class TorchElectra(torch.nn.Module):
   """Generator + discriminator with shared embeddings (HF modules)."""
 
-  def __init__(self, config, attn_implementation: str = 'sdpa'):
+  def __init__(self, config, attn_implementation: str = 'sdpa', head_init: str = 'hf'):
     super().__init__()
+    if head_init not in HEAD_INITS:
+      raise ValueError(f'head_init {head_init!r}; expected one of {HEAD_INITS}')
     gen_cfg, disc_cfg = hf_configs(config, attn_implementation)
     self.generator = hf.ElectraModel(gen_cfg)
     self.generator_predictions = hf.ElectraGeneratorPredictions(gen_cfg)
+    if head_init == 'hf':
+      # A bare nn.Module gets PyTorch's default init (uniform(+-1/sqrt(fan_in)) weights and
+      # biases: std 0.10 at fan-in 32); HF's ElectraForMaskedLM gives its head normal(0.02)
+      # weights and zero biases, as the official code and electra_jax do.
+      self.generator_predictions.apply(self.generator._init_weights)  # pylint: disable=protected-access
     self.generator_lm_head = torch.nn.Linear(gen_cfg.embedding_size, gen_cfg.vocab_size)
     self.generator_lm_head.weight = self.generator.embeddings.word_embeddings.weight  # tied
     torch.nn.init.zeros_(self.generator_lm_head.bias)
@@ -164,14 +177,14 @@ class TorchPeer:
   """One ELECTRA training step on numpy batches: `step(batch) -> loss (float)`."""
 
   def __init__(self, config, autocast: str = 'float32', seed: int = 0,
-               attn_implementation: str = 'sdpa', device: str = 'cpu'):
+               attn_implementation: str = 'sdpa', device: str = 'cpu', head_init: str = 'hf'):
     if autocast not in ('float32', 'bfloat16'):
       raise ValueError(f'autocast {autocast!r}; expected float32 or bfloat16')
     torch.manual_seed(seed)
     self.config = config
     self.autocast = autocast
     self.device = torch.device(device)
-    self.model = TorchElectra(config, attn_implementation).to(self.device).train()
+    self.model = TorchElectra(config, attn_implementation, head_init).to(self.device).train()
     o = config.optimizer
     self.opt = AdamWeightDecay(self.model.named_parameters(),
                                linear_schedule(o.learning_rate, config.train.num_steps,
