@@ -35,7 +35,8 @@ from electra_jax.pretrain import registry
 LAWS = ('electra', 'unigram_generator', 'uniform_generator')
 
 
-def cross_eval(run_dir: Path, cache_dir=None) -> dict:
+def restore_latest(run_dir: Path):
+  """(config, mesh, model, abstract state, restored checkpoint) of a workdir's latest checkpoint."""
   config = ml_collections.ConfigDict(json.loads((run_dir / 'config.json').read_text()))
   mesh = sharding.make_mesh(config.mesh)
   model = build.build_model(config)
@@ -48,6 +49,11 @@ def cross_eval(run_dir: Path, cache_dir=None) -> dict:
     ckpt.close()
   if restored is None:
     raise SystemExit(f'{run_dir}: no checkpoint to evaluate')
+  return config, mesh, model, abstract, restored
+
+
+def cross_eval(run_dir: Path, cache_dir=None) -> dict:
+  config, mesh, model, abstract, restored = restore_latest(run_dir)
   data = loop.load_data(config, cache_dir)
   batches = loop._take(data.eval, config.train.eval_batches)  # pylint: disable=protected-access
   rng = jax.random.fold_in(jax.random.key(config.seed), loop.EVAL_RNG_SALT)

@@ -17,13 +17,10 @@ import json
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 
-from electra_jax import sharding
+import cross_eval
 from electra_jax import state as state_lib
-from electra_jax.io import checkpoint
-from electra_jax.pretrain import build
 from electra_jax.pretrain import evaluation
 from electra_jax.pretrain import loop
 from electra_jax.pretrain import objectives
@@ -34,18 +31,7 @@ KEYS = ('disc_auc', 'disc_auc_stderr', 'gen_accuracy', 'gen_accuracy_stderr', 'd
 
 
 def eval_draws(run_dir: Path, draws: int, eval_batches: int = 0, cache_dir=None) -> dict:
-  config = ml_collections.ConfigDict(json.loads((run_dir / 'config.json').read_text()))
-  mesh = sharding.make_mesh(config.mesh)
-  model = build.build_model(config)
-  tx, _ = build.build_optimizer(config)
-  abstract = build.abstract_train_state(config, model, tx, mesh)
-  ckpt = checkpoint.Checkpointer(run_dir, config.train.keep_checkpoints, abstract)
-  try:
-    restored = ckpt.restore_latest()
-  finally:
-    ckpt.close()
-  if restored is None:
-    raise SystemExit(f'{run_dir}: no checkpoint to evaluate')
+  config, mesh, model, abstract, restored = cross_eval.restore_latest(run_dir)
   data = loop.load_data(config, cache_dir)
   batches = loop._take(data.eval, eval_batches or config.train.eval_batches)  # pylint: disable=protected-access
   obj_cfg = objectives.ObjectiveConfig.from_config(config)
