@@ -7,6 +7,7 @@ comparisons rest on.
 
 import sys
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_peer_with_our_parameters_computes_our_logits(tiny):
   """Random values in every parameter (so a misplaced or untransposed tensor shows), copied
   into the peer by peer_parity.load_params: both models give the same logits."""
   model = build.build_model(tiny)
-  shapes = peer_parity.flax.core.meta.unbox(
+  shapes = flax.core.meta.unbox(
       jax.eval_shape(build.init_params_fn(tiny, model), jax.random.key(0)))
   rs = np.random.RandomState(0)
   params = jax.tree.map(lambda s: rs.normal(0, 0.3, s.shape).astype(np.float32), shapes)
