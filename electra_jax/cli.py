@@ -75,6 +75,10 @@ def define_distributed() -> None:
                       'host:port of process 0 (env JAX_COORDINATOR_ADDRESS).')
   flags.DEFINE_integer('num_processes', None, 'Number of processes (hosts).')
   flags.DEFINE_integer('process_id', None, "This process's index.")
+  flags.DEFINE_integer('heartbeat_timeout', None,
+                       'Seconds without a heartbeat after which JAX declares a process dead and '
+                       'ends every process of the run (default: JAX\'s, 100). A stalled host is '
+                       'only noticed this way: a dead one usually fails the next collective.')
 
 
 def init_distributed() -> None:
@@ -82,13 +86,19 @@ def init_distributed() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   explicit = {k: FLAGS[k].value for k in ('coordinator_address', 'num_processes', 'process_id')
               if k in FLAGS and FLAGS[k].value is not None}
+  heartbeat = {}
+  if 'heartbeat_timeout' in FLAGS and FLAGS.heartbeat_timeout is not None:
+    if FLAGS.heartbeat_timeout <= 0:
+      raise UsageError(f'--heartbeat_timeout={FLAGS.heartbeat_timeout}: expected a positive '
+                       'number of seconds')
+    heartbeat['heartbeat_timeout_seconds'] = FLAGS.heartbeat_timeout
   auto = ('multihost' in FLAGS and FLAGS.multihost) or os.environ.get(
       'ELECTRA_JAX_MULTIHOST') == '1'
   if explicit or auto or os.environ.get('JAX_COORDINATOR_ADDRESS'):
     if jax.config.jax_cpu_collectives_implementation is None:
       # CPU processes (a rehearsal on one machine) reduce over gloo (newer jax's default).
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(**explicit)
+    jax.distributed.initialize(**explicit, **heartbeat)
     logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())

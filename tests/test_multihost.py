@@ -46,7 +46,7 @@ RUN = {'model.num_layers': 1, 'train.num_steps': NUM_STEPS, 'train.log_every': 1
 # The tolerances of tests/test_train_step.py::test_one_device_equals_eight_devices_and_fsdp.
 LOSS_RTOL, GRAD_NORM_RTOL, PARAM_ATOL = 1e-5, 1e-4, 1e-5
 RUN_TIMEOUT = 900  # s, for a whole run, compiling included (3 min on 2 cores under heavy load)
-FAIL_BOUND = 60  # s, for the survivors of a SIGKILL to exit
+FAIL_BOUND = 60  # s, for the survivor of a killed or stalled process to exit
 
 
 # ----------------------------------------------------------------------------- processes
@@ -142,12 +142,17 @@ def distributed_flags(nproc: int) -> list[list[str]]:
 
 
 def launch_main(workdir: Path, corpus_files, nproc: int, local_devices: int,  # noqa: F811
-                owned_by_test: bool = True, log_stem: Path | None = None, **overrides) -> Procs:
+                owned_by_test: bool = True, log_stem: Path | None = None,
+                heartbeat: int | None = None, **overrides) -> Procs:
   """`python -m electra_jax.main` as `nproc` processes of `local_devices` CPU devices each.
+
+  `heartbeat`: their --heartbeat_timeout (s).
 
   The logs go to `log_stem`.p{i}.log (default: beside the workdir, named after it).
   """
   base = runtime_util.main_args(workdir, corpus_files, **{**RUN, **overrides})
+  if heartbeat is not None:
+    base.append(f'--heartbeat_timeout={heartbeat}')
   return Procs([base + d for d in distributed_flags(nproc)], env(local_devices, nproc),
                log_stem or workdir, owned_by_test)
 
@@ -436,53 +441,69 @@ def test_sigterm_to_one_process_stops_all_at_one_step(chain):
 # ----------------------------------------------------------------------------- 4. failure
 
 
-def test_sigkill_of_one_process_fails_the_other_promptly(runs, corpus, tmp_path):  # noqa: F811
-  """SIGKILL of a worker, and of the coordinator (two runs side by side).
+# Each case: (process hit, signal). A killed process's sockets close, so the survivor's next
+# collective usually fails at once; a stopped (stalled) one keeps them open, and only the
+# coordination service's heartbeat timeout notices it: the fallback for any survivor that
+# waits where no collective fails (a run of the old test, a SIGKILLed worker, once left the
+# coordinator waiting past 60 s under JAX's default 100 s timeout).
+FAILURES = ((0, signal.SIGKILL), (1, signal.SIGSTOP))
+HEARTBEAT_TIMEOUT = 20  # s, --heartbeat_timeout of these runs (JAX's default is 100)
 
-  Worker (process 1) killed: process 0's next collective fails, and it exits 1 with one
-  clear line. Coordinator (process 0) killed: JAX's coordination service is gone, and
-  process 1 is ended by JAX itself (its own fatal message; or our line if the failed
-  collective comes first). Either way within FAIL_BOUND s, and the newest complete
-  checkpoint loads and holds what the uninterrupted run had at that step.
+
+def test_killed_or_stalled_process_ends_the_other_promptly(runs, corpus, tmp_path):  # noqa: F811
+  """SIGKILL of the coordinator and SIGSTOP of the worker: two runs side by side, with
+  --heartbeat_timeout=20.
+
+  The survivor ends within FAIL_BOUND s either way: its failed collective makes it exit 1 with
+  one clear `error:` line, or JAX's coordination service, having lost the other process (its
+  coordinator gone, or its heartbeats stopped), ends it with its own fatal message. A survivor
+  blocked where no collective fails (a stalled peer) is what the heartbeat timeout is for.
+  The newest complete checkpoint loads and holds what the uninterrupted run had at that step.
   """
   reference = runs.get(1, 2)
-  launched = {victim: (tmp_path / f'kill{victim}', launch_main(tmp_path / f'kill{victim}',
-                                                                corpus, 2, 1))
-              for victim in (1, 0)}
-  killed_at, deadline = {}, time.time() + RUN_TIMEOUT
-  while len(killed_at) < len(launched):  # each as soon as it has passed a checkpoint
-    for victim, (wd, procs) in launched.items():
-      if victim not in killed_at and last_step(procs, wd) >= CKPT_EVERY + 5:
-        procs.procs[victim].send_signal(signal.SIGKILL)
-        killed_at[victim] = time.time()
+  launched = {}
+  for victim, sig in FAILURES:
+    wd = tmp_path / f'{sig.name.lower()}{victim}'
+    launched[victim, sig] = (wd, launch_main(wd, corpus, 2, 1, heartbeat=HEARTBEAT_TIMEOUT))
+  hit_at, deadline = {}, time.time() + RUN_TIMEOUT
+  while len(hit_at) < len(launched):  # each as soon as it has passed a checkpoint
+    for (victim, sig), (wd, procs) in launched.items():
+      if (victim, sig) not in hit_at and last_step(procs, wd) >= CKPT_EVERY + 5:
+        procs.procs[victim].send_signal(sig)
+        hit_at[victim, sig] = time.time()
     assert time.time() < deadline, 'step not reached in time'
     time.sleep(0.01)
-  took = {}  # victim -> seconds from the kill until the survivor had exited
-  while len(took) < len(launched) and time.time() < max(killed_at.values()) + FAIL_BOUND:
-    for victim, (_, procs) in launched.items():
-      if victim not in took and procs.procs[1 - victim].poll() is not None:
-        took[victim] = time.time() - killed_at[victim]
+  took = {}  # case -> seconds from the signal until the survivor had exited
+  while len(took) < len(launched) and time.time() < max(hit_at.values()) + FAIL_BOUND:
+    for (victim, sig), (_, procs) in launched.items():
+      if (victim, sig) not in took and procs.procs[1 - victim].poll() is not None:
+        took[victim, sig] = time.time() - hit_at[victim, sig]
     time.sleep(0.01)
-  for victim, (wd, procs) in launched.items():
+  for (victim, sig), (wd, procs) in launched.items():
     survivor = 1 - victim
-    assert victim in took, f'process {survivor} still runs {FAIL_BOUND}s after the SIGKILL ' \
-        f'of process {victim}:\n{procs.tails()}'
+    case = f'{sig.name} of process {victim}'
+    assert (victim, sig) in took, f'process {survivor} still runs {FAIL_BOUND}s after the ' \
+        f'{case}:\n{procs.tails()}'
+    if sig == signal.SIGSTOP:
+      procs.procs[victim].kill()
     rcs = procs.wait(timeout=10)
     log = procs.log(survivor)
     assert rcs[victim] == -signal.SIGKILL and rcs[survivor] != 0, f'{rcs}:\n{procs.tails()}'
     errors = [l for l in log.splitlines() if l.startswith('error:')]
-    if victim == 1 or errors:
+    fatal = [l for l in log.splitlines() if 'JAX distributed service detected fatal' in l]
+    if errors:
       assert rcs[survivor] == 1 and len(errors) == 1, procs.tails()
       assert errors[0].startswith(f'error: process {survivor} of 2 stopped: ')
       assert 'Another process has probably died or stalled: see its log' in errors[0]
       assert 'Run the same command on every host again' in errors[0]
       how = errors[0]
     else:
-      how = [l for l in log.splitlines() if 'JAX distributed service detected fatal' in l]
-      assert how, procs.tails()
-      how = how[0]
-    report(f'SIGKILL of process {victim}: process {survivor} exited {rcs[survivor]} after '
-           f'{took[victim]:.1f}s: {how[:230]}')
+      assert fatal, procs.tails()
+      how = fatal[0]
+    if sig == signal.SIGSTOP:  # nothing failed; the missed heartbeats ended it
+      assert fatal and 'stopped sending heartbeats' in log, procs.tails()
+    report(f'{case}: process {survivor} exited {rcs[survivor]} after '
+           f'{took[victim, sig]:.1f}s: {how[:230]}')
 
     _, params = weights.load_pretraining_checkpoint(wd, which='pretrainer')
     step = checkpoint_steps(wd)[-1]

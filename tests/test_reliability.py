@@ -109,10 +109,12 @@ def test_refused_start_leaves_the_workdir_as_it_was(base_run, corpus, tmp_path):
 def test_validation_errors_leave_no_workdir_and_build_nothing(corpus, tmp_path):  # noqa: F811
   text, vocab, _ = corpus
   cache = tmp_path / 'cache'
-  for override, expected in (({'train.seq_len': 1024}, 'max_position_embeddings=512'),
-                             ({'model.vocab_size': 300}, f'vocabulary ({vocab}) has 128')):
+  for override, flag, expected in (
+      ({'train.seq_len': 1024}, [], 'max_position_embeddings=512'),
+      ({'model.vocab_size': 300}, [], f'vocabulary ({vocab}) has 128'),
+      ({}, ['--heartbeat_timeout=0'], '--heartbeat_timeout=0: expected a positive number')):
     wd = tmp_path / 'new'
-    line = _error_line(_run(main_args(wd, (text, vocab, cache), **override)))
+    line = _error_line(_run(main_args(wd, (text, vocab, cache), **override) + flag))
     assert expected in line, line
     assert not wd.exists()
     assert not list(cache.glob('pretrain-*')) if cache.exists() else True  # no data built
