@@ -24,6 +24,7 @@ WORDS = ('the a of to and in is it that for on with as by an be this are from at
          'model data token layer train test value list file error code type name run '
          'step loss mask text word line time case user key path form call set get new '
          'one two six ten red blue green cat dog sun sea sky big old hot low').split()
+FAST_COMPILE = '--xla_backend_optimization_level=0'  # as in conftest.py: tests compile faster
 JIT_CACHE = Path(tempfile.gettempdir()) / f'electra_jax_test_jit_cache_{os.getuid()}'
 
 
@@ -77,7 +78,8 @@ def main_args(workdir, corpus_files, **extra) -> list[str]:
 
 def env() -> dict:
   e = dict(os.environ)
-  e.update(XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
+  e.update(XLA_FLAGS=f'--xla_force_host_platform_device_count=8 {FAST_COMPILE}',
+           JAX_PLATFORMS='cpu',
            JAX_COMPILATION_CACHE_DIR=str(JIT_CACHE),
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', TF_CPP_MIN_LOG_LEVEL='2',

@@ -25,11 +25,19 @@ EVAL_KEYS = ('eval_loss', 'eval_gen_accuracy', 'eval_disc_accuracy', 'eval_disc_
              'eval_disc_recall', 'eval_disc_auc')
 
 
-def test_trains_end_to_end_through_main(corpus, tmp_path):  # noqa: F811
-  wd = tmp_path / 'run'
+@pytest.fixture(scope='module')
+def trained(corpus, tmp_path_factory):  # noqa: F811
+  """One 6-step run through main (its workdir, its CompletedProcess), shared by the tests
+  of its outputs and of continued pre-training from its export."""
+  wd = tmp_path_factory.mktemp('main') / 'run'
   r = run_main(wd, corpus, **{'train.num_steps': 6, 'train.log_every': 2, 'train.eval_every': 3,
                               'train.checkpoint_every': 3, 'train.eval_batches': 2})
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+  return wd, r
+
+
+def test_trains_end_to_end_through_main(trained, corpus, tmp_path):  # noqa: F811
+  wd, r = trained
   cfg = json.loads((wd / 'config.json').read_text())
   assert cfg['train']['num_steps'] == 6 and cfg['model']['vocab_size'] == VOCAB_SIZE
   assert cfg['data']['source'] == str(corpus[0])
@@ -165,11 +173,9 @@ def test_non_finite_loss_stops_or_skips(corpus, tmp_path, policy):  # noqa: F811
     assert [x['finite'] for x in recs] == [1, 0]
 
 
-def test_continued_pretraining_from_an_export(corpus, tmp_path):  # noqa: F811
+def test_continued_pretraining_from_an_export(trained, corpus, tmp_path):  # noqa: F811
   """train.init_from starts a new run from another run's exported weights."""
-  first, second = tmp_path / 'first', tmp_path / 'second'
-  r = run_main(first, corpus, **{'train.num_steps': 3, 'train.eval_batches': 0})
-  assert r.returncode == 0, r.stderr[-3000:]
+  first, second = trained[0], tmp_path / 'second'
   # Learning rate 0: the second run's single step leaves the imported weights as they are.
   r = run_main(second, corpus, **{'train.num_steps': 1, 'train.eval_batches': 0,
                                   'train.init_from': str(first / 'export'),

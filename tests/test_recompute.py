@@ -199,8 +199,10 @@ def test_dropout_keeps_bits_not_the_random_words():
       return jnp.sum(x ** 2)
     return jax.grad(loss)
 
+  # Two programs: float rounding differs (up to 1.1e-5 on gradients of ~1 at XLA's CPU
+  # optimization level 0, the tests'); a mask that differed would move whole elements.
   for a, b in zip(jax.jit(grad_of(layers.Dropout))(ws, x), jax.jit(grad_of(nn.Dropout))(ws, x)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=3e-5)
   one = 64 * 512 * 4
   assert _temp_bytes(grad_of(layers.Dropout), ws, x) <= _temp_bytes(grad_of(nn.Dropout), ws, x) - 3 * one
 
