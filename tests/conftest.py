@@ -8,7 +8,7 @@ from pathlib import Path
 # the tests' programs are tiny and run once or twice, so compiling is most of their cost,
 # and level 0 compiles in about 2/3 of the time (test_grad_accum + test_model: 180 s against
 # 263 s). Numbers change in the last bits at most; benchmarks and real runs keep the default.
-from runtime_util import FAST_COMPILE  # noqa: E402
+from runtime_util import FAST_COMPILE
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            f' --xla_force_host_platform_device_count=8 {FAST_COMPILE}').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')

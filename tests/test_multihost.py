@@ -445,8 +445,8 @@ def test_sigterm_to_one_process_stops_all_at_one_step(chain):
 # Each case: (process hit, signal). A killed process's sockets close, so the survivor's next
 # collective usually fails at once; a stopped (stalled) one keeps them open, and only the
 # coordination service's heartbeat timeout notices it: the fallback for any survivor that
-# waits where no collective fails (a run of the old test, a SIGKILLed worker, once left the
-# coordinator waiting past 60 s under JAX's default 100 s timeout).
+# waits where no collective fails (in one CI run a SIGKILLed worker left the coordinator
+# waiting past 60 s, under JAX's default timeout of 100 s).
 FAILURES = ((0, signal.SIGKILL), (1, signal.SIGSTOP))
 HEARTBEAT_TIMEOUT = 20  # s, --heartbeat_timeout of these runs (JAX's default is 100)
 
