@@ -4,13 +4,10 @@ import os
 import sys
 from pathlib import Path
 
-# Must happen before jax is imported anywhere. XLA's CPU backend at LLVM optimization level 0:
-# the tests' programs are tiny and run once or twice, so compiling is most of their cost,
-# and level 0 compiles in about 2/3 of the time (test_grad_accum + test_model: 180 s against
-# 263 s). Numbers change in the last bits at most; benchmarks and real runs keep the default.
-from runtime_util import FAST_COMPILE
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           f' --xla_force_host_platform_device_count=8 {FAST_COMPILE}').strip()
+# Must happen before jax is imported anywhere. Benchmarks and real runs keep XLA's default
+# optimization level; at the tests' level 0, numbers change in the last bits at most.
+from runtime_util import xla_flags
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + xla_flags(8)).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 

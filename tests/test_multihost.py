@@ -68,9 +68,7 @@ def env(local_devices: int, nproc: int) -> dict:
   """
   e = {k: v for k, v in runtime_util.env().items()
        if k not in ('JAX_COORDINATOR_ADDRESS', 'ELECTRA_JAX_MULTIHOST')}
-  e.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={local_devices} '
-                     f'{runtime_util.FAST_COMPILE}',
-           PYTHONUNBUFFERED='1')
+  e.update(XLA_FLAGS=runtime_util.xla_flags(local_devices), PYTHONUNBUFFERED='1')
   if nproc > 1:
     e.pop('JAX_COMPILATION_CACHE_DIR', None)
   return e
